@@ -1,0 +1,5 @@
+from .pale_attention import pale_attention, pale_attention_reference, pale_mask
+from .pale_transformer import ARCH_SETTINGS, PaleTransformer
+
+__all__ = ['PaleTransformer', 'ARCH_SETTINGS', 'pale_attention',
+           'pale_attention_reference', 'pale_mask']

@@ -1,0 +1,383 @@
+"""Pale Transformer backbone (Wu et al., AAAI 2022, arXiv 2112.14000).
+
+Composable pieces, each with the shapes it takes and gives:
+
+* :class:`SepConvProjection` -- depthwise 3x3 -> BatchNorm -> pointwise 1x1 (CvT style).
+* :class:`PaleAttention` -- Q, K, V projections, PS-Attention, output projection.
+* :class:`PaleBlock` -- conditional position encoding, attention and MLP with residuals.
+* :class:`PaleStage` -- (downsample) + blocks.
+* :class:`PaleTransformer` -- stem + stages; one normed map per ``out_indices`` entry.
+
+The attention math itself lives in :mod:`pale_mm.models.pale_attention`.
+"""
+import warnings
+from typing import Dict, Sequence, Union
+
+import torch
+import torch.nn as nn
+import torch.utils.checkpoint as cp
+from mmcv.cnn import build_activation_layer, build_norm_layer
+from mmcv.cnn.bricks import DropPath
+from mmengine.model import BaseModule
+from mmengine.model.weight_init import constant_init, trunc_normal_init
+from torch import Tensor
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .pale_attention import pale_attention
+
+# Variants as a table (``../shared/pale_spec.md``): widths C, 2C, 4C, 8C.
+ARCH_SETTINGS: Dict[str, Dict] = {
+    'tiny': dict(embed_dims=64, depths=(2, 2, 16, 2), num_heads=(2, 4, 8, 16)),
+    'small': dict(embed_dims=96, depths=(2, 2, 16, 2), num_heads=(4, 8, 16, 32)),
+    'base': dict(embed_dims=128, depths=(2, 2, 16, 2), num_heads=(4, 8, 16, 32)),
+}
+ARCH_ALIASES = {'t': 'tiny', 's': 'small', 'b': 'base',
+                'pale-t': 'tiny', 'pale-s': 'small', 'pale-b': 'base'}
+
+
+class ChannelsLastNorm(nn.Module):
+    """A norm layer from ``norm_cfg`` applied to (B, H, W, C) maps (LN over C)."""
+
+    def __init__(self, norm_cfg: Dict, channels: int):
+        super().__init__()
+        if norm_cfg.get('type') not in ('LN', 'LayerNorm'):
+            raise ValueError(
+                f"PaleTransformer normalises tokens with LayerNorm; norm_cfg type "
+                f"{norm_cfg.get('type')!r} is not supported, use dict(type='LN')")
+        self.norm = build_norm_layer(norm_cfg, channels)[1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(x)
+
+
+class ConvEmbed(nn.Module):
+    """Strided conv + norm: the stem (7x7, stride 4) and the downsamplings (3x3, stride 2).
+
+    (B, H, W, C_in) channels-last -> (B, H/stride, W/stride, C_out)
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int,
+                 norm_cfg: Dict):
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, out_channels, kernel_size, stride,
+                              padding=kernel_size // 2)
+        self.norm = ChannelsLastNorm(norm_cfg, out_channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.proj(x.permute(0, 3, 1, 2))  # (B, C_out, H', W')
+        return self.norm(x.permute(0, 2, 3, 1))
+
+
+class SepConvProjection(nn.Module):
+    """Depthwise 3x3 conv -> BatchNorm -> pointwise 1x1 conv. (B, C, H, W) -> (B, C, H, W)."""
+
+    def __init__(self, channels: int, bias: bool = True):
+        super().__init__()
+        self.dw = nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False)
+        self.bn = nn.BatchNorm2d(channels)
+        self.pw = nn.Conv2d(channels, channels, 1, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pw(self.bn(self.dw(x)))
+
+
+class PaleAttention(nn.Module):
+    """Pale-shaped self-attention with separable-conv Q/K/V. (B, H, W, C) -> (B, H, W, C)."""
+
+    def __init__(self, dims: int, num_heads: int, pale_size=7, qkv_bias: bool = True,
+                 attn_drop: float = 0., proj_drop: float = 0.):
+        super().__init__()
+        self.dims = dims
+        self.num_heads = num_heads
+        self.pale_size = pale_size
+        self.attn_drop = attn_drop
+        self.q = SepConvProjection(dims, qkv_bias)
+        self.k = SepConvProjection(dims, qkv_bias)
+        self.v = SepConvProjection(dims, qkv_bias)
+        self.proj = nn.Linear(dims, dims)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: Tensor) -> Tensor:
+        xc = x.permute(0, 3, 1, 2)  # (B, C, H, W), channels-last in memory
+        q, k, v = (proj(xc).permute(0, 2, 3, 1) for proj in (self.q, self.k, self.v))
+        x = pale_attention(q, k, v, self.pale_size, self.num_heads,
+                           self.attn_drop if self.training else 0.)
+        return self.proj_drop(self.proj(x))
+
+
+class Mlp(nn.Module):
+    """Linear -> act -> Linear. (..., C) -> (..., C)."""
+
+    def __init__(self, dims: int, hidden: int, act_cfg: Dict, drop: float = 0.):
+        super().__init__()
+        self.fc1 = nn.Linear(dims, hidden)
+        self.act = build_activation_layer(act_cfg)
+        self.fc2 = nn.Linear(hidden, dims)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class PaleBlock(nn.Module):
+    """x += DWConv3x3(x); x += DropPath(PSAttn(LN(x))); x += DropPath(MLP(LN(x))).
+
+    (B, H, W, C) -> (B, H, W, C)
+    """
+
+    def __init__(self, dims: int, num_heads: int, pale_size=7, mlp_ratio: float = 4.,
+                 qkv_bias: bool = True, drop: float = 0., attn_drop: float = 0.,
+                 drop_path: float = 0., norm_cfg: Dict = dict(type='LN'),
+                 act_cfg: Dict = dict(type='GELU'), with_cp: bool = False):
+        super().__init__()
+        self.with_cp = with_cp
+        self.cpe = nn.Conv2d(dims, dims, 3, padding=1, groups=dims)
+        self.norm1 = ChannelsLastNorm(norm_cfg, dims)
+        self.attn = PaleAttention(dims, num_heads, pale_size, qkv_bias, attn_drop, drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = ChannelsLastNorm(norm_cfg, dims)
+        self.mlp = Mlp(dims, int(dims * mlp_ratio), act_cfg, drop)
+
+    def _forward(self, x: Tensor) -> Tensor:
+        x = x + self.cpe(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.with_cp and x.requires_grad:
+            return cp.checkpoint(self._forward, x, use_reentrant=False)
+        return self._forward(x)
+
+
+class PaleStage(nn.Module):
+    """Optional 3x3 stride-2 downsampling, then ``depth`` blocks.
+
+    (B, H, W, C_in) -> (B, H/2, W/2, C) (or (B, H, W, C) without downsampling)
+    """
+
+    def __init__(self, in_dims: int, dims: int, depth: int, num_heads: int, pale_size,
+                 downsample: bool, drop_paths: Sequence[float], norm_cfg: Dict,
+                 **block_kwargs):
+        super().__init__()
+        self.downsample = ConvEmbed(in_dims, dims, 3, 2, norm_cfg) if downsample else None
+        self.blocks = nn.ModuleList([
+            PaleBlock(dims, num_heads, pale_size, drop_path=drop_paths[i],
+                      norm_cfg=norm_cfg, **block_kwargs) for i in range(depth)
+        ])
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.downsample is not None:
+            x = self.downsample(x)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+def _resolve_arch(arch: Union[str, Dict]) -> Dict:
+    if isinstance(arch, str):
+        key = ARCH_ALIASES.get(arch.lower(), arch.lower())
+        if key not in ARCH_SETTINGS:
+            raise ValueError(
+                f'PaleTransformer: unknown arch {arch!r}; choose one of '
+                f'{sorted(ARCH_SETTINGS)} or pass a dict with embed_dims, depths, num_heads')
+        return dict(ARCH_SETTINGS[key])
+    if not isinstance(arch, dict):
+        raise TypeError(f'PaleTransformer: arch must be a str or a dict, got {type(arch)}')
+    missing = {'embed_dims', 'depths', 'num_heads'} - set(arch)
+    if missing:
+        raise ValueError(f'PaleTransformer: custom arch dict lacks {sorted(missing)}; it needs '
+                         'embed_dims, depths and num_heads')
+    extra = set(arch) - {'embed_dims', 'depths', 'num_heads'}
+    if extra:
+        raise ValueError(f'PaleTransformer: custom arch dict has unknown keys {sorted(extra)}; '
+                         'it takes embed_dims, depths and num_heads')
+    return dict(arch)
+
+
+class PaleTransformer(BaseModule):
+    """Pale Transformer backbone returning multi-scale maps (strides 4, 8, 16, 32).
+
+    Args:
+        arch (str | dict): ``'tiny'``, ``'small'``, ``'base'`` (see :data:`ARCH_SETTINGS`)
+            or a dict with ``embed_dims``, ``depths`` and ``num_heads``. Default: ``'tiny'``.
+        in_channels (int): input image channels. Default: 3.
+        pale_size (int | Sequence[int]): pale size ``s_r = s_c``, one for all stages or one
+            per stage. Default: 7.
+        mlp_ratio (float): MLP hidden width over the stage width. Default: 4.
+        qkv_bias (bool): bias of the pointwise Q/K/V convolutions. Default: True.
+        drop_rate (float): dropout after the MLP and the attention projection. Default: 0.
+        attn_drop_rate (float): dropout on the attention weights. Default: 0.
+        drop_path_rate (float): stochastic depth, rising linearly over the blocks to this
+            value. Default: 0.1.
+        out_indices (Sequence[int]): stages whose (normed) output is returned.
+            Default: (0, 1, 2, 3).
+        frozen_stages (int): freeze the stem (0) and also the first ``k`` stages (k >= 1),
+            parameters and norm statistics, from construction on. -1 freezes nothing.
+        norm_eval (bool): keep BatchNorm layers in eval mode while training. Default: False.
+        with_cp (bool): gradient checkpointing per block (saves memory). Default: False.
+        norm_cfg (dict): token norm. Default: ``dict(type='LN')``.
+        act_cfg (dict): MLP activation. Default: ``dict(type='GELU')``.
+        init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=PATH)`` loads a
+            classification, mmdet/mmseg or plain backbone checkpoint (a ``backbone.`` prefix
+            and head keys are handled).
+    """
+
+    def __init__(self,
+                 arch: Union[str, Dict] = 'tiny',
+                 in_channels: int = 3,
+                 pale_size: Union[int, Sequence[int]] = 7,
+                 mlp_ratio: float = 4.,
+                 qkv_bias: bool = True,
+                 drop_rate: float = 0.,
+                 attn_drop_rate: float = 0.,
+                 drop_path_rate: float = 0.1,
+                 out_indices: Sequence[int] = (0, 1, 2, 3),
+                 frozen_stages: int = -1,
+                 norm_eval: bool = False,
+                 with_cp: bool = False,
+                 norm_cfg: Dict = dict(type='LN'),
+                 act_cfg: Dict = dict(type='GELU'),
+                 pretrained: str = None,
+                 init_cfg: Dict = None):
+        if pretrained is not None:
+            if init_cfg is not None:
+                raise ValueError('PaleTransformer: set init_cfg or pretrained, not both')
+            warnings.warn('PaleTransformer: `pretrained` is deprecated, use '
+                          "init_cfg=dict(type='Pretrained', checkpoint=...)")
+            init_cfg = dict(type='Pretrained', checkpoint=pretrained)
+        super().__init__(init_cfg=init_cfg)
+
+        arch = _resolve_arch(arch)
+        embed_dims, depths, num_heads = arch['embed_dims'], list(arch['depths']), list(
+            arch['num_heads'])
+        num_stages = len(depths)
+        if len(num_heads) != num_stages:
+            raise ValueError(
+                f'PaleTransformer: depths {depths} and num_heads {num_heads} must have one '
+                f'entry per stage (got {num_stages} and {len(num_heads)})')
+        dims = [embed_dims * 2**i for i in range(num_stages)]
+        for i, (d, h) in enumerate(zip(dims, num_heads)):
+            if h < 2 or h % 2 or d % h:
+                raise ValueError(
+                    f'PaleTransformer: stage {i} has {d} channels and {h} heads; heads must be '
+                    'even (half attend rows, half columns) and divide the channels')
+        if isinstance(pale_size, int):
+            pale_sizes = [pale_size] * num_stages
+        else:
+            pale_sizes = list(pale_size)
+            if len(pale_sizes) != num_stages:
+                raise ValueError(
+                    f'PaleTransformer: pale_size {pale_size} needs one value per stage '
+                    f'({num_stages}) or a single int')
+        for p in pale_sizes:
+            if not isinstance(p, int) or p < 1:
+                raise ValueError(
+                    f'PaleTransformer: pale_size must be a positive int, got {pale_size}')
+        if isinstance(out_indices, int):
+            out_indices = [out_indices]
+        out_indices = [i + num_stages if i < 0 else i for i in out_indices]
+        for i in out_indices:
+            if not 0 <= i < num_stages:
+                raise ValueError(
+                    f'PaleTransformer: out_indices {tuple(out_indices)} out of range; '
+                    f'the model has stages 0..{num_stages - 1}')
+        if not -1 <= frozen_stages <= num_stages:
+            raise ValueError(
+                f'PaleTransformer: frozen_stages={frozen_stages} must lie in '
+                f'[-1, {num_stages}]')
+        if in_channels < 1:
+            raise ValueError(f'PaleTransformer: in_channels must be >= 1, got {in_channels}')
+
+        self.arch = arch
+        self.embed_dims = embed_dims
+        self.in_channels = in_channels
+        self.num_stages = num_stages
+        self.dims = dims
+        self.out_indices = tuple(out_indices)
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.with_cp = with_cp
+        self.num_features = [dims[i] for i in self.out_indices]
+
+        self.stem = ConvEmbed(in_channels, embed_dims, 7, 4, norm_cfg)
+        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        self.stages = nn.ModuleList()
+        for i in range(num_stages):
+            start = sum(depths[:i])
+            self.stages.append(
+                PaleStage(dims[i - 1] if i else embed_dims, dims[i], depths[i], num_heads[i],
+                          pale_sizes[i], downsample=i > 0,
+                          drop_paths=dpr[start:start + depths[i]], norm_cfg=norm_cfg,
+                          mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop=drop_rate,
+                          attn_drop=attn_drop_rate, act_cfg=act_cfg, with_cp=with_cp))
+        for i in self.out_indices:
+            self.add_module(f'norm{i}', ChannelsLastNorm(norm_cfg, dims[i]))
+
+        self._freeze_stages()
+
+    # ------------------------------------------------------------------ freezing / modes
+    def _frozen_modules(self):
+        if self.frozen_stages >= 0:
+            yield self.stem
+        for i in range(self.frozen_stages):
+            yield self.stages[i]
+            if i in self.out_indices:
+                yield getattr(self, f'norm{i}')
+
+    def _freeze_stages(self) -> None:
+        for m in self._frozen_modules():
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad = False
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, _BatchNorm):
+                    m.eval()
+        return self
+
+    # ------------------------------------------------------------------ weights
+    def init_weights(self) -> None:
+        if self.init_cfg is not None and self.init_cfg.get('type') == 'Pretrained':
+            from ..checkpoint import load_pretrained_backbone
+            load_pretrained_backbone(self, self.init_cfg['checkpoint'],
+                                     map_location='cpu')
+            self._is_init = True
+            return
+        if self.init_cfg is not None:
+            super().init_weights()
+            return
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                trunc_normal_init(m, std=.02, bias=0.)
+            elif isinstance(m, (nn.LayerNorm, _BatchNorm)):
+                constant_init(m, val=1.0, bias=0.)
+        self._is_init = True
+
+    # ------------------------------------------------------------------ forward
+    def _check_input(self, x) -> None:
+        if not isinstance(x, Tensor) or x.dim() != 4:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(
+                f'PaleTransformer expects a 4-D image batch (B, C, H, W), got {shape}; '
+                'add a batch dimension with x[None] for a single image')
+        if x.shape[1] != self.in_channels:
+            raise ValueError(
+                f'PaleTransformer was built for in_channels={self.in_channels} but the input '
+                f'has {x.shape[1]} channels (shape {tuple(x.shape)}); set '
+                f'in_channels={x.shape[1]} in the backbone config or convert the images')
+
+    def forward(self, x: Tensor):
+        """(B, C_in, H, W) -> tuple of (B, dims[i], H_i, W_i) for i in ``out_indices``."""
+        self._check_input(x)
+        x = self.stem(x.permute(0, 2, 3, 1))  # (B, H/4, W/4, C)
+        outs = []
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if i in self.out_indices:
+                out = getattr(self, f'norm{i}')(x)
+                outs.append(out.permute(0, 3, 1, 2).contiguous())
+        return tuple(outs)

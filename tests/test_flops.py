@@ -1,0 +1,39 @@
+"""Complexity: the paper's FLOPs (multiply-accumulates) at 224x224, attention included."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PAPER_GMACS = {'tiny': 4.2, 'small': 9.0, 'base': 15.6}
+
+
+@pytest.mark.parametrize('arch', sorted(PAPER_GMACS))
+def test_get_flops_backbone_matches_paper(arch):
+    res = subprocess.run(
+        [sys.executable, 'tools/get_flops.py', '--backbone', arch, '--shape', '224', '224'],
+        cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    line = next(ln for ln in res.stdout.splitlines() if ln.startswith('MACs:'))
+    gmacs = float(line.split()[1])
+    assert abs(gmacs - PAPER_GMACS[arch]) <= 0.03 * PAPER_GMACS[arch], res.stdout
+    attn = float(line.split('attention products:')[1].split()[0])
+    assert attn > 0.05 * gmacs  # the attention products are counted
+
+
+def test_sdpa_handle_counts_both_products():
+    """The handle's count for one SDPA call equals L*S*(E+Ev) per batch element."""
+    from pale_mm.analysis import complexity
+
+    class Attn(torch.nn.Module):
+        def forward(self, q, k, v):
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+    q = torch.randn(2, 3, 10, 8)
+    k = torch.randn(2, 3, 12, 8)
+    v = torch.randn(2, 3, 12, 5)
+    res = complexity(Attn(), (q, k, v))
+    assert res['macs'] == 2 * 3 * 10 * 12 * (8 + 5)
+    assert not res['unsupported']
