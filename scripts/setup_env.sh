@@ -33,7 +33,7 @@ PYTHON="$PY" bash scripts/build_mmcv.sh
 echo "setup_env.sh: installing mmengine, mmdet, mmsegmentation, mmpretrain and test tools"
 # The constraint keeps pip from replacing the torch that mmcv was compiled against.
 cons="$(mktemp)"; trap 'rm -f "$cons"' EXIT
-"$PY" -c 'import torch, torchvision, mmcv; print(f"torch=={torch.__version__}\ntorchvision=={torchvision.__version__}\nmmcv=={mmcv.__version__}")' > "$cons"
+"$PY" -c 'import torch, torchvision, mmcv; print(f"torch=={torch.__version__}\ntorchvision=={torchvision.__version__}\nmmcv=={mmcv.__version__}\nsetuptools<70")' > "$cons"
 "$PY" -m pip install -q -c "$cons" -r requirements/runtime.txt -r requirements/tests.txt
 "$PY" -m pip install -q -c "$cons" --no-build-isolation --no-deps -e .
 "$PY" -c 'import mmdet, mmseg, mmpretrain, mmcv.ops, pale_mm; print("setup_env.sh: environment ready")'

@@ -46,3 +46,11 @@ def test_second_setup_is_a_no_op():
                          text=True, env=env)
     assert res.returncode == 0, res.stderr
     assert res.stdout == '' and res.stderr == ''
+
+
+def test_library_base_configs_resolve():
+    """`_base_ = ['mmdet::...']` needs pkg_resources (setuptools < 81) at run time."""
+    from mmengine.config import Config
+    cfg = Config.fromstring(
+        "_base_ = ['mmdet::_base_/models/mask-rcnn_r50_fpn.py']\n", '.py')
+    assert cfg.model.type == 'MaskRCNN'

@@ -1,0 +1,238 @@
+"""What tools/train.py and tools/test.py share: one entry for mmdet, mmseg and mmpretrain
+configs (the config's ``default_scope`` decides), checks that fail early with a clear
+message, and distributed set-up that also works on machines without GPUs (gloo)."""
+import os
+import os.path as osp
+from typing import Optional
+
+import torch
+
+SCOPES = ('mmdet', 'mmseg', 'mmpretrain')
+
+
+class LaunchError(RuntimeError):
+    """A problem with the config, data or checkpoints found before the run starts."""
+
+
+def load_config(path: str, cfg_options: Optional[dict] = None):
+    """Read a config, apply ``--cfg-options`` and make sure ``pale_mm`` is imported."""
+    from mmengine.config import Config, DictAction  # noqa: F401
+    if not osp.isfile(path):
+        raise LaunchError(f'config file not found: {path}')
+    cfg = Config.fromfile(path)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    scope = cfg.get('default_scope')
+    if scope not in SCOPES:
+        raise LaunchError(
+            f"{path}: default_scope is {scope!r}; tools/train.py and tools/test.py run "
+            f"configs whose default_scope is one of {SCOPES} (inherit from an mmdet, mmseg or "
+            "mmpretrain base config, or set default_scope)")
+    import pale_mm  # noqa: F401  registers PaleTransformer and the safe checkpoint loader
+    from mmengine.registry import init_default_scope
+    init_default_scope(scope)
+    return cfg
+
+
+def setup_distributed(cfg, launcher: str) -> None:
+    """Set ``cfg.launcher``; on a machine without GPUs use gloo and CPU DDP.
+
+    mmengine's own distributed set-up calls ``torch.cuda.set_device`` and wraps the model
+    with ``device_ids=[LOCAL_RANK]``, neither of which works without a GPU, so the process
+    group is started here and DDP is told to keep the model on the CPU.
+    """
+    cfg.launcher = launcher
+    if launcher == 'none' or torch.cuda.is_available():
+        return
+    import torch.distributed as dist
+    env_cfg = cfg.setdefault('env_cfg', {})
+    dist_cfg = env_cfg.setdefault('dist_cfg', {})
+    dist_cfg['backend'] = 'gloo'
+    if launcher == 'slurm':
+        raise LaunchError('--launcher slurm needs GPUs; on a CPU machine use '
+                          'tools/dist_train.sh (torchrun, gloo)')
+    if not dist.is_initialized():
+        dist.init_process_group(backend='gloo')
+    cfg.model_wrapper_cfg = dict(type='MMDistributedDataParallel', device_ids=None,
+                                 broadcast_buffers=False,
+                                 find_unused_parameters=cfg.get('find_unused_parameters',
+                                                                False))
+
+
+def default_work_dir(cfg, config_path: str, work_dir: Optional[str]) -> str:
+    if work_dir:
+        return work_dir
+    if cfg.get('work_dir'):
+        return cfg.work_dir
+    return osp.join('./work_dirs', osp.splitext(osp.basename(config_path))[0])
+
+
+def build_runner(cfg):
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+    if 'runner_type' in cfg:
+        return RUNNERS.build(cfg)
+    return Runner.from_cfg(cfg)
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get('RANK', '0')) == 0
+
+
+# ---------------------------------------------------------------------------------------
+# checks before a run: data and checkpoints, with messages that name the fix
+LAYOUT_HINTS = {
+    'CocoDataset': ('data/coco/annotations/instances_{train,val}2017.json and the images in '
+                    'data/coco/{train,val}2017/'),
+    'ADE20KDataset': ('data/ade/ADEChallengeData2016/images/{training,validation}/*.jpg and '
+                      'data/ade/ADEChallengeData2016/annotations/{training,validation}/*.png'),
+    'ImageNet': 'data/imagenet/{train,val}/ with one folder per class (or meta/*.txt lists)',
+}
+
+
+def _innermost_datasets(dataset_cfg):
+    """Yield the leaf dataset configs under wrappers (RepeatDataset, ConcatDataset, ...)."""
+    if 'datasets' in dataset_cfg:
+        for d in dataset_cfg['datasets']:
+            yield from _innermost_datasets(d)
+    elif 'dataset' in dataset_cfg:
+        yield from _innermost_datasets(dataset_cfg['dataset'])
+    else:
+        yield dataset_cfg
+
+
+def _is_remote(path: str) -> bool:
+    return '://' in str(path)
+
+
+def check_datasets(cfg, loaders) -> None:
+    """Fail at once, naming the missing path, the expected layout and the option to change."""
+    for loader in loaders:
+        loader_cfg = cfg.get(loader)
+        if not loader_cfg or 'dataset' not in loader_cfg:
+            continue
+        for ds in _innermost_datasets(loader_cfg['dataset']):
+            root = ds.get('data_root') or ''
+            if _is_remote(root):
+                continue
+            paths = []
+            if root:
+                paths.append(('data_root', root))
+            ann = ds.get('ann_file')
+            if ann:
+                paths.append(('ann_file', ann if osp.isabs(ann) else osp.join(root, ann)))
+            for key, sub in (ds.get('data_prefix') or {}).items():
+                if sub and isinstance(sub, str) and not _is_remote(sub):
+                    paths.append((f'data_prefix.{key}',
+                                  sub if osp.isabs(sub) else osp.join(root, sub)))
+            for key, path in paths:
+                if not osp.exists(path):
+                    hint = LAYOUT_HINTS.get(ds.get('type'), '')
+                    raise LaunchError(
+                        f"dataset not found: {path} ({loader}.dataset.{key}). "
+                        + (f'Expected layout: {hint}. ' if hint else '')
+                        + f'Put the data there (a symlink will do), or point the config '
+                        f'elsewhere with --cfg-options {loader}.dataset.data_root=/path/to/data '
+                        '(for wrapped datasets, the inner dataset\'s data_root).')
+
+
+def _pretrained_checkpoints(model_cfg, prefix='model'):
+    """Yield (key, path) of every local ``Pretrained`` init_cfg in the model config."""
+    if isinstance(model_cfg, dict):
+        init = model_cfg.get('init_cfg')
+        inits = init if isinstance(init, list) else [init]
+        for i in inits:
+            if isinstance(i, dict) and i.get('type') == 'Pretrained' and i.get('checkpoint'):
+                yield f'{prefix}.init_cfg', i['checkpoint']
+        for k, v in model_cfg.items():
+            if k != 'init_cfg' and isinstance(v, dict):
+                yield from _pretrained_checkpoints(v, f'{prefix}.{k}')
+
+
+def check_pretrained(cfg, resuming: bool) -> None:
+    """A missing pretrained checkpoint stops training at once with the way round it.
+
+    When resuming or loading whole-model weights (``load_from``), the pretrained weights
+    are overwritten anyway: a missing file is then skipped with a warning instead.
+    """
+    import warnings
+    for key, path in list(_pretrained_checkpoints(cfg.model)):
+        if _is_remote(path) or osp.isfile(osp.expanduser(path)):
+            continue
+        if resuming or cfg.get('load_from'):
+            warnings.warn(f'pretrained checkpoint {path} ({key}) not found; not needed since '
+                          'the run starts from a full checkpoint')
+            _drop_init_cfg(cfg.model, key.split('.')[1:-1])
+            continue
+        raise LaunchError(
+            f'pretrained checkpoint not found: {osp.abspath(osp.expanduser(path))} ({key}). '
+            'Download or train it (configs/imagenet) and put it there, point the config at it '
+            f'with --cfg-options {key}.checkpoint=/path/to/ckpt.pth, or train from scratch '
+            f'with --cfg-options {key}=None')
+
+
+def _drop_init_cfg(model_cfg, keys) -> None:
+    node = model_cfg
+    for k in keys:
+        node = node[k]
+    node['init_cfg'] = None
+
+
+def check_file(path: str, what: str) -> None:
+    if not _is_remote(path) and not osp.isfile(path):
+        raise LaunchError(f'{what} not found: {path}')
+
+
+# ---------------------------------------------------------------------------------------
+# options shared by the tools
+def enable_amp(cfg) -> None:
+    if not torch.cuda.is_available():
+        raise LaunchError("--amp needs a GPU (mmengine's AmpOptimWrapper is CUDA-only); "
+                          'train without --amp on this machine')
+    optim = cfg.optim_wrapper
+    if optim.get('type', 'OptimWrapper') == 'AmpOptimWrapper':
+        return
+    if optim.get('type', 'OptimWrapper') != 'OptimWrapper':
+        raise LaunchError(f"--amp: optim_wrapper type {optim.get('type')} is not "
+                          'OptimWrapper; set AmpOptimWrapper in the config instead')
+    optim.type = 'AmpOptimWrapper'
+    optim.setdefault('loss_scale', 'dynamic')
+
+
+def enable_visualization(cfg, show: bool, show_dir: str, wait_time: float) -> None:
+    hooks = cfg.get('default_hooks', {})
+    if 'visualization' not in hooks:
+        raise LaunchError('--show/--show-dir need default_hooks.visualization in the config')
+    vis = hooks['visualization']
+    vis['show'] = show
+    vis['wait_time'] = wait_time
+    if cfg.default_scope == 'mmpretrain':
+        vis['enable'] = True
+        vis['out_dir'] = show_dir
+        return
+    vis['draw'] = True
+    if show_dir and cfg.default_scope == 'mmdet':
+        vis['test_out_dir'] = show_dir
+    elif show_dir:
+        cfg.visualizer['save_dir'] = show_dir
+
+
+def enable_tta(cfg) -> None:
+    """Wrap the model in the config's ``tta_model`` and test with its ``tta_pipeline``."""
+    missing = [k for k in ('tta_model', 'tta_pipeline') if k not in cfg]
+    if missing:
+        raise LaunchError(f'--tta needs {" and ".join(missing)} in the config')
+    from mmengine.config import ConfigDict
+    cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
+    dataset = cfg.test_dataloader.dataset
+    while 'dataset' in dataset:
+        dataset = dataset['dataset']
+    dataset.pipeline = cfg.tta_pipeline
+
+
+def dump_metric(scope: str, out_file: str):
+    if scope == 'mmdet':
+        from mmdet.evaluation import DumpDetResults
+        return DumpDetResults(out_file_path=out_file)
+    from mmengine.evaluator import DumpResults
+    return DumpResults(out_file_path=out_file)

@@ -1,0 +1,66 @@
+"""Test (evaluate) a checkpoint with an mmdet, mmseg or mmpretrain config.
+
+    python tools/test.py configs/upernet/pale_t_ade20k.py work_dirs/.../iter_160000.pth --tta
+    bash tools/dist_test.sh configs/mask_rcnn/pale_t_coco_1x.py CKPT 8
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+
+def parse_args(argv=None):
+    from mmengine.config import DictAction
+    parser = argparse.ArgumentParser(description='Test a detector, segmentor or classifier')
+    parser.add_argument('config', help='config file (mmdet, mmseg or mmpretrain scope)')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--work-dir', help='where the evaluation log goes')
+    parser.add_argument('--out', help='mmdet / mmpretrain: dump the raw results to this .pkl '
+                        'file; mmseg: write the predicted label maps into this directory')
+    parser.add_argument('--show', action='store_true', help='show predictions in a window')
+    parser.add_argument('--show-dir', help='save pictures of the predictions here')
+    parser.add_argument('--wait-time', type=float, default=2, help='seconds per --show image')
+    parser.add_argument('--tta', action='store_true',
+                        help="test-time augmentation (the config's tta_model / tta_pipeline)")
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config entries, key=value')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from pale_mm import launch
+    try:
+        cfg = launch.load_config(args.config, args.cfg_options)
+        launch.setup_distributed(cfg, args.launcher)
+        cfg.work_dir = launch.default_work_dir(cfg, args.config, args.work_dir)
+        launch.check_file(args.checkpoint, 'checkpoint')
+        cfg.load_from = args.checkpoint
+        if args.show or args.show_dir:
+            launch.enable_visualization(cfg, args.show, args.show_dir, args.wait_time)
+        if args.tta:
+            launch.enable_tta(cfg)
+        if args.out and cfg.default_scope == 'mmseg':
+            cfg.test_evaluator['output_dir'] = args.out
+            cfg.test_evaluator['keep_results'] = True
+        elif args.out and not args.out.endswith(('.pkl', '.pickle')):
+            raise launch.LaunchError(f'--out must name a .pkl file, got {args.out}')
+        launch.check_datasets(cfg, ['test_dataloader'])
+    except launch.LaunchError as e:
+        sys.exit(f'test.py: error: {e}')
+    runner = launch.build_runner(cfg)
+    if args.out and cfg.default_scope != 'mmseg':
+        runner.test_evaluator.metrics.append(launch.dump_metric(cfg.default_scope, args.out))
+    metrics = runner.test()
+    return metrics
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,68 @@
+"""Train with an mmdet, mmseg or mmpretrain config (its ``default_scope`` decides).
+
+    python tools/train.py configs/upernet/pale_t_ade20k.py
+    bash tools/dist_train.sh configs/mask_rcnn/pale_t_coco_1x.py 8
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+
+def parse_args(argv=None):
+    from mmengine.config import DictAction
+    parser = argparse.ArgumentParser(description='Train a detector, segmentor or classifier')
+    parser.add_argument('config', help='config file (mmdet, mmseg or mmpretrain scope)')
+    parser.add_argument('--work-dir', help='where logs and checkpoints go')
+    parser.add_argument('--amp', action='store_true', help='automatic mixed precision')
+    parser.add_argument('--auto-scale-lr', action='store_true',
+                        help='scale the learning rate with the total batch size')
+    parser.add_argument('--resume', nargs='?', type=str, const='auto',
+                        help='resume from this checkpoint, or (no value) from the latest '
+                        'checkpoint in the work dir')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config entries, key=value (e.g. '
+                        'train_dataloader.dataset.data_root=data/my_coco/)')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from pale_mm import launch
+    try:
+        cfg = launch.load_config(args.config, args.cfg_options)
+        launch.setup_distributed(cfg, args.launcher)
+        cfg.work_dir = launch.default_work_dir(cfg, args.config, args.work_dir)
+        if args.amp:
+            launch.enable_amp(cfg)
+        if args.auto_scale_lr:
+            if 'auto_scale_lr' not in cfg or 'base_batch_size' not in cfg.auto_scale_lr:
+                raise launch.LaunchError(
+                    '--auto-scale-lr needs auto_scale_lr=dict(base_batch_size=N) in the config')
+            cfg.auto_scale_lr.enable = True
+        if args.resume == 'auto':
+            cfg.resume, cfg.load_from = True, None
+        elif args.resume is not None:
+            launch.check_file(args.resume, '--resume checkpoint')
+            cfg.resume, cfg.load_from = True, args.resume
+        elif cfg.get('load_from'):
+            launch.check_file(cfg.load_from, 'load_from checkpoint')
+        launch.check_datasets(cfg, ['train_dataloader'] +
+                              (['val_dataloader'] if cfg.get('val_cfg') else []))
+        launch.check_pretrained(cfg, resuming=bool(cfg.get('resume')))
+    except launch.LaunchError as e:
+        sys.exit(f'train.py: error: {e}')
+    runner = launch.build_runner(cfg)
+    runner.train()
+    return runner
+
+
+if __name__ == '__main__':
+    main()
