@@ -22,6 +22,7 @@ Two implementations live here:
   Tests hold the fast one to it.
 """
 import math
+from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -47,35 +48,57 @@ def _check_inputs(q: Tensor, k: Tensor, v: Tensor, num_heads: int) -> None:
             f'pale attention: {channels} channels do not divide into {num_heads} heads')
 
 
-def _row_group_attention(q: Tensor, k: Tensor, v: Tensor, pale_size: int, heads: int,
-                         dropout_p: float) -> Tensor:
-    """Attention inside interlaced row groups. q, k, v: (B, H, W, c) -> (B, H, W, c)."""
+def _to_groups(x: Tensor, s: int, G: int) -> Tensor:
+    """Gather interlaced row groups with one strided copy, padding with zeros.
+
+    x: (B, H, W, heads, d), any strides -> (B*G, heads, s*W, d); group i holds rows
+    ``i, i + G, ..., i + (s-1) G`` and rows ``>= H`` are zeros.
+    """
+    B, H, W, heads, d = x.shape
+    full, rest = divmod(H, G)  # complete blocks of G rows; rows of the partial block
+    out = x.new_empty(B, G, heads, s, W, d)
+    # rows a * G + i for a < full: (B, full, G, W, heads, d) -> (B, G, heads, full, W, d)
+    out[:, :, :, :full] = x[:, :full * G].unflatten(1, (full, G)).permute(0, 2, 4, 1, 3, 5)
+    if rest:  # the partial block a = full: rows i < rest are real
+        out[:, :rest, :, full] = x[:, full * G:].permute(0, 1, 3, 2, 4)
+        out[:, rest:, :, full] = 0
+    if full + bool(rest) < s:
+        out[:, :, :, full + bool(rest):] = 0
+    return out.view(B * G, heads, s * W, d)
+
+
+def _from_groups(y: Tensor, dst: Tensor, s: int, G: int) -> None:
+    """Inverse of :func:`_to_groups`: write (B*G, heads, s*W, d) into dst (B, H, W, heads, d)."""
+    B, H, W, heads, d = dst.shape
+    full, rest = divmod(H, G)
+    y = y.view(B, G, heads, s, W, d)
+    dst[:, :full * G].unflatten(1, (full, G)).copy_(y[:, :, :, :full].permute(0, 3, 1, 4, 2, 5))
+    if rest:
+        dst[:, full * G:].copy_(y[:, :rest, :, full].permute(0, 1, 3, 2, 4))
+
+
+def _key_mask(H: int, W: int, s: int, G: int, device) -> Optional[Tensor]:
+    """(G, 1, s*W) bool, True for real keys; None when nothing is padded."""
+    if s * G == H:
+        return None
+    # row h = a * G + i of group i is real iff h < H: (s, G) -> (G, s) -> (G, s * W)
+    real = torch.arange(s * G, device=device).view(s, G).t() < H
+    return real[:, None, :, None].expand(G, 1, s, W).reshape(G, 1, s * W)
+
+
+def _row_group_attention(q: Tensor, k: Tensor, v: Tensor, out: Tensor, pale_size: int,
+                         heads: int, dropout_p: float) -> None:
+    """Attention inside interlaced row groups. q, k, v, out: (B, H, W, c) views; writes out."""
     B, H, W, c = q.shape
     d = c // heads
     s = min(pale_size, H)
     G = num_groups(H, s)
-    Hp = G * s
-    if Hp != H:
-        # pad rows at the end: (B, H, W, c) -> (B, Hp, W, c)
-        pad = (0, 0, 0, 0, 0, Hp - H)
-        q, k, v = F.pad(q, pad), F.pad(k, pad), F.pad(v, pad)
-        # row h = a * G + i of group i is real iff h < H: (s, G) -> (G, s) -> (G, s * W)
-        real = torch.arange(Hp, device=q.device).view(s, G).t() < H
-        mask = real[:, :, None].expand(G, s, W).reshape(1, G, 1, 1, s * W)
-        mask = mask.expand(B, G, 1, 1, s * W).reshape(B * G, 1, 1, s * W)
-    else:
-        mask = None
-
-    def group(x: Tensor) -> Tensor:
-        # (B, s*G, W, c) -> (B, s, G, W, heads, d) -> (B, G, heads, s, W, d) -> (B*G, heads, s*W, d)
-        x = x.reshape(B, s, G, W, heads, d).permute(0, 2, 4, 1, 3, 5)
-        return x.reshape(B * G, heads, s * W, d)
-
-    out = F.scaled_dot_product_attention(
-        group(q), group(k), group(v), attn_mask=mask, dropout_p=dropout_p)
-    # (B*G, heads, s*W, d) -> (B, G, heads, s, W, d) -> (B, s, G, W, heads, d) -> (B, Hp, W, c)
-    out = out.reshape(B, G, heads, s, W, d).permute(0, 3, 1, 4, 2, 5).reshape(B, Hp, W, c)
-    return out[:, :H] if Hp != H else out
+    q, k, v = (_to_groups(x.unflatten(-1, (heads, d)), s, G) for x in (q, k, v))
+    mask = _key_mask(H, W, s, G, q.device)
+    if mask is not None:  # (G, 1, N) -> (B*G, 1, 1, N), broadcast over heads and queries
+        mask = mask.unsqueeze(0).expand(B, G, 1, s * W).reshape(B * G, 1, 1, s * W)
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+    _from_groups(y, out.unflatten(-1, (heads, d)), s, G)
 
 
 def pale_attention(q: Tensor, k: Tensor, v: Tensor, pale_size, num_heads: int,
@@ -96,13 +119,14 @@ def pale_attention(q: Tensor, k: Tensor, v: Tensor, pale_size, num_heads: int,
     s_r, s_c = (pale_size, pale_size) if isinstance(pale_size, int) else pale_size
     half = q.shape[-1] // 2
     heads = num_heads // 2
-    rows = _row_group_attention(q[..., :half], k[..., :half], v[..., :half], s_r, heads,
-                                dropout_p)
-    # columns: the same computation on the transposed map (B, W, H, c)
-    cols = _row_group_attention(q[..., half:].transpose(1, 2), k[..., half:].transpose(1, 2),
-                                v[..., half:].transpose(1, 2), s_c, heads,
-                                dropout_p).transpose(1, 2)
-    return torch.cat([rows, cols], dim=-1)
+    out = q.new_empty(q.shape)
+    rows, cols = slice(None, half), slice(half, None)
+    _row_group_attention(q[..., rows], k[..., rows], v[..., rows], out[..., rows], s_r, heads,
+                         dropout_p)
+    # columns: the same computation on the transposed map (B, W, H, c), all views
+    _row_group_attention(*(x[..., cols].transpose(1, 2) for x in (q, k, v, out)), s_c, heads,
+                         dropout_p)
+    return out
 
 
 def pale_mask(H: int, W: int, pale_size, device=None) -> Tensor:

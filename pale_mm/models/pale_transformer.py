@@ -69,16 +69,21 @@ class ConvEmbed(nn.Module):
 
 
 class SepConvProjection(nn.Module):
-    """Depthwise 3x3 conv -> BatchNorm -> pointwise 1x1 conv. (B, C, H, W) -> (B, C, H, W)."""
+    """Depthwise 3x3 conv -> BatchNorm -> pointwise 1x1 conv (CvT-style projection).
+
+    (B, C, H, W) -> (B, H, W, C). The pointwise conv is an ``nn.Linear`` over the channels of
+    the channels-last map: the same operation, but a plain matrix product (on the CPU, 1x1
+    convolutions of channels-last maps fall back to a slow im2col path).
+    """
 
     def __init__(self, channels: int, bias: bool = True):
         super().__init__()
         self.dw = nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False)
         self.bn = nn.BatchNorm2d(channels)
-        self.pw = nn.Conv2d(channels, channels, 1, bias=bias)
+        self.pw = nn.Linear(channels, channels, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.pw(self.bn(self.dw(x)))
+        return self.pw(self.bn(self.dw(x)).permute(0, 2, 3, 1))
 
 
 class PaleAttention(nn.Module):
@@ -99,7 +104,7 @@ class PaleAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         xc = x.permute(0, 3, 1, 2)  # (B, C, H, W), channels-last in memory
-        q, k, v = (proj(xc).permute(0, 2, 3, 1) for proj in (self.q, self.k, self.v))
+        q, k, v = self.q(xc), self.k(xc), self.v(xc)  # each (B, H, W, C)
         x = pale_attention(q, k, v, self.pale_size, self.num_heads,
                            self.attn_drop if self.training else 0.)
         return self.proj_drop(self.proj(x))

@@ -1,0 +1,223 @@
+"""Pale-T against Swin-T (mmdet's SwinTransformer), side by side in one run.
+
+    python tools/benchmark.py                      # CPU, float32, batch 2, 224/512/800x1333
+    python tools/benchmark.py --device cuda --dtype bfloat16
+
+For each input size it times the backbone's forward (inference, ``torch.no_grad``, eval) and
+forward+backward (training step without the optimizer), median of ``--repeats`` runs after
+``--warmup`` runs, and measures the peak memory of one forward+backward: on a GPU with
+``torch.cuda.max_memory_allocated``, on the CPU as the growth of the peak resident set of a
+fresh process (so allocations of every kind count). It prints a table with the ratio
+Pale/Swin, and the fraction of the machine's dense float32 multiply-accumulate rate
+(``torch.mm`` 2048x2048, same run) that Pale-T's forward reaches at 512x512.
+"""
+import argparse
+import json
+import os
+import os.path as osp
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+MODELS = ('pale_t', 'swin_t')
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--sizes', nargs='+', default=['224', '512', '800x1333'],
+                        help='input sizes, S or HxW')
+    parser.add_argument('--batch', type=int, default=2)
+    parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--warmup', type=int, default=1)
+    parser.add_argument('--device', default='cpu', help="'cpu' or 'cuda'")
+    parser.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'],
+                        help='bfloat16 runs under torch.autocast')
+    parser.add_argument('--threads', type=int, default=None,
+                        help='torch threads on the CPU (default: all cores)')
+    parser.add_argument('--modes', nargs='+', default=['forward', 'train', 'memory'],
+                        choices=['forward', 'train', 'memory'])
+    parser.add_argument('--models', nargs='+', default=list(MODELS), choices=MODELS)
+    parser.add_argument('--json', help='also write the results to this JSON file')
+    parser.add_argument('--_memory-probe', dest='memory_probe', help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def parse_size(s):
+    h, _, w = s.lower().partition('x')
+    return int(h), int(w or h)
+
+
+def build(name):
+    import pale_mm  # noqa: F401
+    if name == 'pale_t':
+        from pale_mm import PaleTransformer
+        return PaleTransformer('tiny', drop_path_rate=0.)
+    from mmdet.models.backbones import SwinTransformer
+    # Swin-T as in mmdet's Swin Mask R-CNN configs: C=96, depths 2-2-6-2, window 7
+    return SwinTransformer(embed_dims=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24),
+                           window_size=7, drop_path_rate=0.)
+
+
+def _sync(device):
+    import torch
+    if device.startswith('cuda'):
+        torch.cuda.synchronize()
+
+
+def _step(model, x, train, dtype, device):
+    import torch
+    ctx = torch.autocast(device.split(':')[0], dtype=torch.bfloat16) \
+        if dtype == 'bfloat16' else torch.autocast(device.split(':')[0], enabled=False)
+    if train:
+        with ctx:
+            outs = model(x)
+            loss = sum(o.float().mean() for o in outs)
+        loss.backward()
+    else:
+        with torch.no_grad(), ctx:
+            model(x)
+
+
+def time_model(model, x, train, args):
+    model.train(train)
+    times = []
+    for i in range(args.warmup + args.repeats):
+        model.zero_grad(set_to_none=True)
+        _sync(args.device)
+        t0 = time.perf_counter()
+        _step(model, x, train, args.dtype, args.device)
+        _sync(args.device)
+        if i >= args.warmup:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _rss_bytes():
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+
+
+def memory_probe(args):
+    """In a fresh process: peak memory growth of one forward+backward."""
+    import resource
+
+    import torch
+    name, size = args.memory_probe.split(':')
+    H, W = parse_size(size)
+    model = build(name).to(args.device)
+    model.train()
+    x = torch.randn(args.batch, 3, H, W, device=args.device)
+    if args.device.startswith('cuda'):
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        _step(model, x, True, args.dtype, args.device)
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        base = _rss_bytes()
+        _step(model, x, True, args.dtype, args.device)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    print(json.dumps({'peak_bytes': peak}))
+
+
+def measure_memory(name, size, args):
+    cmd = [sys.executable, osp.abspath(__file__), '--_memory-probe', f'{name}:{size}',
+           '--batch', str(args.batch), '--device', args.device, '--dtype', args.dtype]
+    if args.threads:
+        cmd += ['--threads', str(args.threads)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f'memory probe {name} {size} failed:\n{res.stderr[-2000:]}')
+    return json.loads(res.stdout.strip().splitlines()[-1])['peak_bytes']
+
+
+def mm_rate(device):
+    """Multiply-accumulates per second of a dense float32 2048x2048 matrix product."""
+    import torch
+    n = 2048
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    for _ in range(2):
+        torch.mm(a, b)
+    times = []
+    for _ in range(5):
+        _sync(device)
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return n**3 / statistics.median(times)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import torch
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.memory_probe:
+        return memory_probe(args)
+
+    from pale_mm.analysis import complexity
+    results = {}
+    for size in args.sizes:
+        H, W = parse_size(size)
+        x = torch.randn(args.batch, 3, H, W, device=args.device)
+        for name in args.models:
+            torch.manual_seed(0)
+            model = build(name).to(args.device)
+            r = results.setdefault(size, {}).setdefault(name, {})
+            if 'forward' in args.modes:
+                r['forward_s'] = time_model(model, x, False, args)
+            if 'train' in args.modes:
+                r['train_s'] = time_model(model, x, True, args)
+            if 'memory' in args.modes:
+                r['peak_mib'] = measure_memory(name, size, args) / 2**20
+            del model
+    # fraction of the dense matmul rate reached by Pale-T's forward at 512x512
+    util = None
+    if 'pale_t' in args.models and 'forward' in args.modes and '512' in results:
+        model = build('pale_t').eval()
+        macs = complexity(model, torch.randn(1, 3, 512, 512))['macs'] * args.batch
+        rate = mm_rate(args.device)
+        util = dict(pale_t_macs_per_s=macs / results['512']['pale_t']['forward_s'],
+                    mm_macs_per_s=rate)
+        util['fraction'] = util['pale_t_macs_per_s'] / rate
+
+    device = (torch.cuda.get_device_name() if args.device.startswith('cuda') else
+              f'{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads')
+    print(f'\ndevice: {args.device} ({device}); dtype {args.dtype}; batch {args.batch}; '
+          f'median of {args.repeats} after {args.warmup} warm-up; torch {torch.__version__}')
+    cols = [('forward_s', 'forward (s)'), ('train_s', 'fwd+bwd (s)'),
+            ('peak_mib', 'fwd+bwd peak (MiB)')]
+    cols = [c for c in cols if any(c[0] in r.get(m, {}) for r in results.values()
+                                   for m in args.models)]
+    header = '| size | ' + ' | '.join(
+        f'{label} {m}' for key, label in cols for m in args.models)
+    both = set(MODELS) <= set(args.models)
+    if both:
+        header += ' | ' + ' | '.join(f'{label} Pale/Swin' for key, label in cols)
+    print(header + ' |')
+    print('|' + '---|' * (header.count('|')))
+    for size, r in results.items():
+        row = [size] + [f"{r[m][key]:.3f}" if key != 'peak_mib' else f"{r[m][key]:.0f}"
+                        for key, _ in cols for m in args.models]
+        if both:
+            row += [f"{r['pale_t'][key] / r['swin_t'][key]:.2f}" for key, _ in cols]
+        print('| ' + ' | '.join(row) + ' |')
+    if util:
+        print(f"\nPale-T forward at 512x512: {util['pale_t_macs_per_s'] / 1e9:.1f} GMAC/s; "
+              f"torch.mm 2048x2048 float32: {util['mm_macs_per_s'] / 1e9:.1f} GMAC/s; "
+              f"fraction {util['fraction']:.2f}")
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(dict(results=results, utilisation=util, device=device,
+                           dtype=args.dtype, batch=args.batch), f, indent=2)
+    return results, util
+
+
+if __name__ == '__main__':
+    main()
