@@ -42,6 +42,8 @@ def parse_args(argv=None):
     parser.add_argument('--modes', nargs='+', default=['forward', 'train', 'memory'],
                         choices=['forward', 'train', 'memory'])
     parser.add_argument('--models', nargs='+', default=list(MODELS), choices=MODELS)
+    parser.add_argument('--util-size', type=int, default=512,
+                        help="input size of the matmul-rate comparison (one of --sizes)")
     parser.add_argument('--json', help='also write the results to this JSON file')
     parser.add_argument('--_memory-probe', dest='memory_probe', help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -179,11 +181,13 @@ def main(argv=None):
             del model
     # fraction of the dense matmul rate reached by Pale-T's forward at 512x512
     util = None
-    if 'pale_t' in args.models and 'forward' in args.modes and '512' in results:
+    us = str(args.util_size)
+    if 'pale_t' in args.models and 'forward' in args.modes and us in results:
         model = build('pale_t').eval()
-        macs = complexity(model, torch.randn(1, 3, 512, 512))['macs'] * args.batch
+        macs = complexity(model, torch.randn(1, 3, args.util_size, args.util_size))['macs']
         rate = mm_rate(args.device)
-        util = dict(pale_t_macs_per_s=macs / results['512']['pale_t']['forward_s'],
+        util = dict(size=args.util_size,
+                    pale_t_macs_per_s=macs * args.batch / results[us]['pale_t']['forward_s'],
                     mm_macs_per_s=rate)
         util['fraction'] = util['pale_t_macs_per_s'] / rate
 
@@ -209,7 +213,7 @@ def main(argv=None):
             row += [f"{r['pale_t'][key] / r['swin_t'][key]:.2f}" for key, _ in cols]
         print('| ' + ' | '.join(row) + ' |')
     if util:
-        print(f"\nPale-T forward at 512x512: {util['pale_t_macs_per_s'] / 1e9:.1f} GMAC/s; "
+        print(f"\nPale-T forward at {us}x{us}: {util['pale_t_macs_per_s'] / 1e9:.1f} GMAC/s; "
               f"torch.mm 2048x2048 float32: {util['mm_macs_per_s'] / 1e9:.1f} GMAC/s; "
               f"fraction {util['fraction']:.2f}")
     if args.json:

@@ -48,13 +48,18 @@ def _check_inputs(q: Tensor, k: Tensor, v: Tensor, num_heads: int) -> None:
             f'pale attention: {channels} channels do not divide into {num_heads} heads')
 
 
+def _ints(shape):
+    """Sizes as Python ints (under jit tracing, as FLOP counters do, they can be tensors)."""
+    return tuple(int(n) for n in shape)
+
+
 def _to_groups(x: Tensor, s: int, G: int) -> Tensor:
     """Gather interlaced row groups with one strided copy, padding with zeros.
 
     x: (B, H, W, heads, d), any strides -> (B*G, heads, s*W, d); group i holds rows
     ``i, i + G, ..., i + (s-1) G`` and rows ``>= H`` are zeros.
     """
-    B, H, W, heads, d = x.shape
+    B, H, W, heads, d = _ints(x.shape)
     full, rest = divmod(H, G)  # complete blocks of G rows; rows of the partial block
     out = x.new_empty(B, G, heads, s, W, d)
     # rows a * G + i for a < full: (B, full, G, W, heads, d) -> (B, G, heads, full, W, d)
@@ -69,7 +74,7 @@ def _to_groups(x: Tensor, s: int, G: int) -> Tensor:
 
 def _from_groups(y: Tensor, dst: Tensor, s: int, G: int) -> None:
     """Inverse of :func:`_to_groups`: write (B*G, heads, s*W, d) into dst (B, H, W, heads, d)."""
-    B, H, W, heads, d = dst.shape
+    B, H, W, heads, d = _ints(dst.shape)
     full, rest = divmod(H, G)
     y = y.view(B, G, heads, s, W, d)
     dst[:, :full * G].unflatten(1, (full, G)).copy_(y[:, :, :, :full].permute(0, 3, 1, 4, 2, 5))
@@ -89,7 +94,7 @@ def _key_mask(H: int, W: int, s: int, G: int, device) -> Optional[Tensor]:
 def _row_group_attention(q: Tensor, k: Tensor, v: Tensor, out: Tensor, pale_size: int,
                          heads: int, dropout_p: float) -> None:
     """Attention inside interlaced row groups. q, k, v, out: (B, H, W, c) views; writes out."""
-    B, H, W, c = q.shape
+    B, H, W, c = _ints(q.shape)
     d = c // heads
     s = min(pale_size, H)
     G = num_groups(H, s)

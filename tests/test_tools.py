@@ -1,0 +1,44 @@
+"""tools/visualize_pale.py and tools/benchmark.py run and report what they claim."""
+import json
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, 'tools'))
+
+
+def test_visualize_pale(tmp_path):
+    import visualize_pale
+    out = tmp_path / 'fig.png'
+    counts = visualize_pale.main(['--size', '28', '--query', '9', '12', '--out', str(out)])
+    assert out.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    assert not list(tmp_path.glob('*.tmp*'))
+    swin, cswin, pale = counts.values()
+    assert swin == 7 * 7
+    assert cswin == 2 * 28 + 2 * 28 - 2 * 2
+    assert pale == 7 * 28 + 7 * 28 - 7 * 7  # s_r * W + s_c * H - s_r * s_c
+
+
+def test_visualize_rejects_query_outside(tmp_path):
+    import visualize_pale
+    with pytest.raises(SystemExit):
+        visualize_pale.main(['--size', '14', '--query', '20', '3', '--out',
+                             str(tmp_path / 'x.png')])
+
+
+def test_benchmark_table(tmp_path, capsys):
+    """A tiny run: both models, every mode, ratios and the matmul fraction printed."""
+    import benchmark
+    out = tmp_path / 'bench.json'
+    benchmark.main(['--sizes', '64', '96', '--batch', '1', '--repeats', '1', '--warmup', '0',
+                    '--util-size', '96', '--json', str(out)])
+    text = capsys.readouterr().out
+    assert 'Pale/Swin' in text and 'fraction' in text
+    data = json.loads(out.read_text())
+    for size in ('64', '96'):
+        for model in ('pale_t', 'swin_t'):
+            r = data['results'][size][model]
+            assert r['forward_s'] > 0 and r['train_s'] > 0 and r['peak_mib'] > 0
+    assert 0 < data['utilisation']['fraction']
