@@ -42,3 +42,22 @@ def test_benchmark_table(tmp_path, capsys):
             r = data['results'][size][model]
             assert r['forward_s'] > 0 and r['train_s'] > 0 and r['peak_mib'] > 0
     assert 0 < data['utilisation']['fraction']
+
+
+@pytest.mark.parametrize('layout,ann', [('coco', 'annotations/instances_val2017.json'),
+                                        ('ade', 'annotations/validation')])
+def test_make_synthetic_data_cli(tmp_path, capsys, layout, ann):
+    import make_synthetic_data
+    root = tmp_path / layout
+    info, options = make_synthetic_data.main([layout, str(root), '--num-train', '2',
+                                              '--num-val', '3', '--size', '64', '64'])
+    assert (root / ann).exists()
+    assert any(o.startswith('train_dataloader.dataset.data_root=') and str(root) in o
+               for o in options)
+    assert 'tools/train.py' in capsys.readouterr().out
+
+
+def test_make_synthetic_data_bad_input(tmp_path):
+    import make_synthetic_data
+    with pytest.raises(SystemExit, match='num_classes'):
+        make_synthetic_data.main(['ade', str(tmp_path), '--num-classes', '12'])
