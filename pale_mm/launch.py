@@ -21,7 +21,10 @@ def load_config(path: str, cfg_options: Optional[dict] = None):
         raise LaunchError(f'config file not found: {path}')
     cfg = Config.fromfile(path)
     if cfg_options:
-        cfg.merge_from_dict(cfg_options)
+        try:
+            cfg.merge_from_dict(cfg_options)
+        except (KeyError, TypeError) as e:  # a dict option over a str entry, a bad index
+            raise LaunchError(f'--cfg-options do not fit {path}: {e}') from None
     scope = cfg.get('default_scope')
     if scope not in SCOPES:
         raise LaunchError(
@@ -53,10 +56,31 @@ def setup_distributed(cfg, launcher: str) -> None:
                           'tools/dist_train.sh (torchrun, gloo)')
     if not dist.is_initialized():
         dist.init_process_group(backend='gloo')
+    # torch's SyncBatchNorm is GPU-only (DDP refuses to wrap it on the CPU); mmseg's heads
+    # use it, so on CPU each process keeps its own BatchNorm statistics instead
+    if _sync_bn_to_bn(cfg.get('model')) and is_main_process():
+        import warnings
+        warnings.warn('no GPU: SyncBN layers of the model become BN (per-process batch '
+                      'statistics when training; testing is unaffected)')
     cfg.model_wrapper_cfg = dict(type='MMDistributedDataParallel', device_ids=None,
                                  broadcast_buffers=False,
                                  find_unused_parameters=cfg.get('find_unused_parameters',
                                                                 False))
+
+
+def _sync_bn_to_bn(node) -> int:
+    """Replace ``type='SyncBN'`` by ``'BN'`` in a config tree; returns how many."""
+    count = 0
+    if isinstance(node, dict):
+        if node.get('type') == 'SyncBN':
+            node['type'] = 'BN'
+            count += 1
+        for v in node.values():
+            count += _sync_bn_to_bn(v)
+    elif isinstance(node, (list, tuple)):
+        for v in node:
+            count += _sync_bn_to_bn(v)
+    return count
 
 
 def default_work_dir(cfg, config_path: str, work_dir: Optional[str]) -> str:
@@ -70,9 +94,30 @@ def default_work_dir(cfg, config_path: str, work_dir: Optional[str]) -> str:
 def build_runner(cfg):
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
-    if 'runner_type' in cfg:
-        return RUNNERS.build(cfg)
-    return Runner.from_cfg(cfg)
+    vis = cfg.get('visualizer')
+    if isinstance(vis, dict) and vis.get('name'):
+        # mmdet/mmseg configs name the visualizer 'visualizer'; mmengine then hands a second
+        # run in the same process (tools' main(argv) called twice) the first run's
+        # visualizer, which writes the scalars into the first run's work dir. Unnamed, it
+        # takes the run's own experiment name.
+        vis.pop('name')
+    runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
+    _test_json_on_rank0_only(runner)
+    return runner
+
+
+def _test_json_on_rank0_only(runner) -> None:
+    """mmengine 0.10.7's ``LoggerHook.after_test_epoch`` dumps the test metrics to
+    ``<work_dir>/<timestamp>/<timestamp>.json`` on every rank, all into the same file, which
+    then holds one rank's text partly over another's (invalid json). The other ranks skip it;
+    their log messages go nowhere anyway (mmengine logs errors only there)."""
+    from mmengine.dist import get_rank
+    from mmengine.hooks import LoggerHook
+    if get_rank() == 0:
+        return
+    for hook in runner.hooks:
+        if isinstance(hook, LoggerHook):
+            hook.after_test_epoch = lambda runner, metrics=None: None
 
 
 def is_main_process() -> bool:
@@ -134,6 +179,17 @@ def check_datasets(cfg, loaders) -> None:
                         + f'Put the data there (a symlink will do), or point the config '
                         f'elsewhere with --cfg-options {loader}.dataset.data_root=/path/to/data '
                         '(for wrapped datasets, the inner dataset\'s data_root).')
+        # evaluators that read the annotations themselves (CocoMetric's ann_file)
+        evaluator_key = loader.replace('_dataloader', '_evaluator')
+        evaluators = cfg.get(evaluator_key) or []
+        for i, ev in enumerate(evaluators if isinstance(evaluators, list) else [evaluators]):
+            ann = ev.get('ann_file') if isinstance(ev, dict) else None
+            if ann and not _is_remote(ann) and not osp.exists(ann):
+                key = evaluator_key + (f'.{i}' if isinstance(evaluators, list) else '')
+                raise LaunchError(
+                    f'annotation file not found: {ann} ({key}.ann_file, read by the '
+                    f"{ev.get('type')} metric). Point it at the annotations of "
+                    f'{loader}.dataset with --cfg-options {key}.ann_file=/path/to/ann.json')
 
 
 def _pretrained_checkpoints(model_cfg, prefix='model'):

@@ -37,3 +37,39 @@ def test_sdpa_handle_counts_both_products():
     res = complexity(Attn(), (q, k, v))
     assert res['macs'] == 2 * 3 * 10 * 12 * (8 + 5)
     assert not res['unsupported']
+
+
+# Whole models from the configs, as in the paper's tables: Mask R-CNN at 1280x800 (H=800),
+# UperNet at 2048x512 (H=512); within 5%.
+CONFIG_GMACS = [
+    ('configs/mask_rcnn/pale_t_coco_1x.py', (800, 1280), 306),
+    ('configs/mask_rcnn/pale_s_coco_1x.py', (800, 1280), 432),
+    ('configs/mask_rcnn/pale_b_coco_1x.py', (800, 1280), 595),
+    ('configs/upernet/pale_t_ade20k.py', (512, 2048), 996),
+    ('configs/upernet/pale_s_ade20k.py', (512, 2048), 1135),
+    ('configs/upernet/pale_b_ade20k.py', (512, 2048), 1311),
+]
+
+
+@pytest.mark.parametrize('config,shape,paper', CONFIG_GMACS)
+def test_get_flops_config_matches_paper(config, shape, paper):
+    res = subprocess.run(
+        [sys.executable, 'tools/get_flops.py', config, '--shape', *map(str, shape)],
+        cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = dict(ln.split(':', 1) for ln in res.stdout.splitlines() if ':' in ln)
+    gmacs = float(lines['MACs'].split()[0])
+    assert abs(gmacs - paper) <= 0.05 * paper, res.stdout
+    assert float(lines['params'].split()[0]) > 0
+    assert float(lines['MACs'].split('attention products:')[1].split()[0]) > 0
+
+
+def test_get_flops_bad_input():
+    res = subprocess.run([sys.executable, 'tools/get_flops.py', '--backbone', 'huge'],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode != 0 and "unknown arch 'huge'" in res.stderr
+    assert 'Traceback' not in res.stderr
+    res = subprocess.run([sys.executable, 'tools/get_flops.py', 'configs/nope.py'],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode != 0 and 'config file not found' in res.stderr
+    assert 'Traceback' not in res.stderr
