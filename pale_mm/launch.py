@@ -16,7 +16,7 @@ class LaunchError(RuntimeError):
 
 def load_config(path: str, cfg_options: Optional[dict] = None):
     """Read a config, apply ``--cfg-options`` and make sure ``pale_mm`` is imported."""
-    from mmengine.config import Config, DictAction  # noqa: F401
+    from mmengine.config import Config
     if not osp.isfile(path):
         raise LaunchError(f'config file not found: {path}')
     cfg = Config.fromfile(path)

@@ -1,16 +1,14 @@
 """configs/upernet: the paper's ADE20K recipe (UperNet + auxiliary FCN, 160k iterations,
 512x512 crops, batch 16, multi-scale test 0.5-1.75), models that build and fit their heads,
 and the clear, immediate messages for a missing dataset or ImageNet checkpoint."""
-import os
 import os.path as osp
 import sys
 import time
 
-import numpy as np
 import pytest
 import torch
 
-from pale_mm.data.synthetic_ade import ade_cfg_options, make_ade
+from pale_mm.data.synthetic_ade import make_ade
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, osp.join(ROOT, 'tools'))

@@ -21,10 +21,12 @@ remapping any label; :func:`ade_cfg_options` gives the config overrides that poi
 import colorsys
 import os
 import os.path as osp
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
+
+from .cfg_options import format_cfg_options  # noqa: F401  (re-exported)
 
 # ADE20K's first classes (mmseg's ADE20KDataset.METAINFO order); the 8th, 'bed ', holds a
 # space, which --cfg-options cannot carry, so a synthetic dataset has at most 7 classes.
@@ -232,19 +234,3 @@ def ade_cfg_options(info: Dict, crop_size: Optional[Sequence[int]] = None) -> Di
         if loader != 'train_dataloader':
             opts[f'{loader}.dataset.pipeline.1.scale'] = scale
     return opts
-
-
-def _format_value(value) -> str:
-    if isinstance(value, (list, tuple)):
-        inner = ','.join(_format_value(v) for v in value)
-        return f'({inner})' if isinstance(value, tuple) else f'[{inner}]'
-    text = str(value)
-    if any(c in text for c in ' ,()[]=\'"'):
-        raise ValueError(f'format_cfg_options: {text!r} cannot be written as a '
-                         '--cfg-options value; pass it with Config.merge_from_dict instead')
-    return text
-
-
-def format_cfg_options(opts: Dict) -> List[str]:
-    """``{'a.b': (1, 2)}`` -> ``['a.b=(1,2)']``, for ``tools/train.py --cfg-options``."""
-    return [f'{k}={_format_value(v)}' for k, v in opts.items()]

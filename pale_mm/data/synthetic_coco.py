@@ -23,11 +23,12 @@ import json
 import math
 import os
 import os.path as osp
-import re
 from typing import Dict, List, Sequence, Tuple
 
 import cv2
 import numpy as np
+
+from .cfg_options import format_cfg_options
 
 DEFAULT_CLASSES = ('square', 'circle', 'triangle')
 SHAPES = ('square', 'circle', 'triangle', 'rectangle', 'diamond', 'hexagon')
@@ -199,19 +200,6 @@ def mmdet_cfg_options(info: Dict) -> Dict:
     return options
 
 
-def _format_value(value) -> str:
-    if isinstance(value, (tuple, list)):
-        inner = ','.join(_format_value(v) for v in value)
-        if isinstance(value, tuple):
-            return f'({inner},)' if len(value) == 1 else f'({inner})'
-        return f'[{inner}]'
-    text = str(value)
-    if re.search(r'[\s,()\[\]\'"]', text):
-        raise ValueError(f'cannot pass {text!r} through --cfg-options (it holds spaces, '
-                         'commas, brackets or quotes); use a plain path')
-    return text
-
-
 def cli_cfg_options(info: Dict) -> List[str]:
     """:func:`mmdet_cfg_options` as ``KEY=VALUE`` strings for ``--cfg-options``."""
-    return [f'{k}={_format_value(v)}' for k, v in mmdet_cfg_options(info).items()]
+    return format_cfg_options(mmdet_cfg_options(info))
