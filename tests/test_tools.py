@@ -61,3 +61,26 @@ def test_make_synthetic_data_bad_input(tmp_path):
     import make_synthetic_data
     with pytest.raises(SystemExit, match='num_classes'):
         make_synthetic_data.main(['ade', str(tmp_path), '--num-classes', '12'])
+
+
+def test_model_index_lists_every_config():
+    """model-index.yml imports one metafile per config folder, and those list every config
+    of the folder (and only existing ones)."""
+    import glob
+
+    import yaml
+    with open(os.path.join(ROOT, 'model-index.yml')) as f:
+        index = yaml.safe_load(f)
+    listed = set()
+    for metafile in index['Import']:
+        with open(os.path.join(ROOT, metafile)) as f:
+            meta = yaml.safe_load(f)
+        collections = {c['Name'] for c in meta['Collections']}
+        for model in meta['Models']:
+            assert model['In Collection'] in collections
+            assert os.path.isfile(os.path.join(ROOT, model['Config'])), model['Config']
+            listed.add(model['Config'])
+    for folder in ('mask_rcnn', 'upernet'):
+        configs = {os.path.relpath(p, ROOT) for p in
+                   glob.glob(os.path.join(ROOT, 'configs', folder, 'pale_[tsb]_*.py'))}
+        assert configs and configs <= listed, configs - listed
