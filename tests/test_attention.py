@@ -58,3 +58,16 @@ def test_bad_heads(heads, C, msg):
     x = torch.randn(1, 7, 7, C)
     with pytest.raises(ValueError, match=msg):
         pale_attention(x, x, x, 7, heads)
+
+
+def test_every_group_layout_matches_reference():
+    """Sides below, at and above the pale size, dividing or not (one or two bands of groups,
+    e.g. 8 rows with pale 7: two groups of 4 rows), rows and columns alike."""
+    g = torch.Generator().manual_seed(1)
+    for pale in (7, (4, 3)):
+        for H in (1, 2, 6, 7, 8, 13, 15, 22):
+            for W in (1, 5, 8, 14):
+                q, k, v = (torch.randn(1, H, W, 8, generator=g) for _ in range(3))
+                torch.testing.assert_close(pale_attention(q, k, v, pale, 2),
+                                           pale_attention_reference(q, k, v, pale, 2),
+                                           atol=1e-5, rtol=1e-5, msg=f'{H}x{W} {pale}')

@@ -7,25 +7,32 @@ The paper's parallel implementation splits the heads (and their channels) in two
   ``{i, i + G, i + 2G, ...}`` with ``G = ceil(H / s_r)`` (``G`` groups of ``s_r * W`` tokens);
 * the second half attends inside *column groups*, likewise along ``W``.
 
-Feature maps whose side is not a multiple of the pale size are padded at the end up to
-``G * s`` and the padded keys are masked out of the softmax, so padding never changes a real
-token's output. Because every group ``i < G`` holds the real row ``i``, no softmax row is
-ever fully masked. With ``H < s_r`` there is one group holding every row, exactly as if the
-map were padded up to ``s_r``; the fast path then simply uses ``s_r = H`` and pads nothing.
+Feature maps whose side is not a multiple of the pale size are, by definition, padded at
+the end up to ``G * s`` with the padded keys masked out of the softmax, so padding never
+changes a real token's output. Because every group ``i < G`` holds the real row ``i``, no
+softmax row is ever fully masked. With ``H < s_r`` there is one group holding every row,
+exactly as if the map were padded up to ``s_r``.
 
 Two implementations live here:
 
-* :func:`pale_attention` -- the fast one: groups formed by reshapes (no gathers), attention
-  by :func:`torch.nn.functional.scaled_dot_product_attention`.
+* :func:`pale_attention` -- the fast one. It computes exactly the padded-and-masked result
+  without the padding: groups ``i < H mod G`` hold one real row more than the others, so
+  the groups form at most two *bands* of equal groups, and each band is one batch of
+  :func:`torch.nn.functional.scaled_dot_product_attention` over real tokens only (no mask,
+  no padded queries or keys). Groups are gathered by one strided copy per band (reshapes,
+  no index tensors), and the gather and scatter are each other's backward.
 * :func:`pale_attention_reference` -- slow and obviously correct: dense attention over all
   ``H * W`` tokens, restricted by an explicit pale mask built from the definition above.
   Tests hold the fast one to it.
 """
 import math
-from typing import Optional
+from typing import List, NamedTuple, Sequence, Tuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .low_memory import needs_backward
 
 
 def num_groups(size: int, pale_size: int) -> int:
@@ -53,57 +60,149 @@ def _ints(shape):
     return tuple(int(n) for n in shape)
 
 
-def _to_groups(x: Tensor, s: int, G: int) -> Tensor:
-    """Gather interlaced row groups with one strided copy, padding with zeros.
+class _Bands(NamedTuple):
+    """The interlaced groups along one side of ``size`` rows, for pale size ``s``.
 
-    x: (B, H, W, heads, d), any strides -> (B*G, heads, s*W, d); group i holds rows
-    ``i, i + G, ..., i + (s-1) G`` and rows ``>= H`` are zeros.
+    ``G = ceil(size / s)`` groups (``s`` is first capped at ``size``); group ``i`` holds rows
+    ``i, i + G, i + 2G, ...`` below ``size``: ``full + 1`` rows for ``i < rest``, ``full``
+    rows for the others. Each set of equal groups is one *band*, one batch of attention.
+    """
+    G: int
+    full: int
+    rest: int
+
+    @classmethod
+    def of(cls, size: int, s: int) -> '_Bands':
+        G = num_groups(size, min(s, size))
+        return cls(G, *divmod(size, G))
+
+
+class PaleLayout(NamedTuple):
+    """Where each token of a (B, H, W, C) map goes in the groups of both halves.
+
+    Channels ``[:C/2]`` (``heads`` heads of ``d`` channels) form row groups, the others
+    column groups. :meth:`gather` gives the bands of both halves, rows first, each
+    (groups * B, heads, tokens per group, d) and contiguous; :meth:`scatter` is its inverse.
+    """
+    B: int
+    H: int
+    W: int
+    C: int
+    heads: int  # per half
+    rows: _Bands
+    cols: _Bands
+
+    @classmethod
+    def of(cls, x: Tensor, pale_size, num_heads: int) -> 'PaleLayout':
+        s_r, s_c = (pale_size, pale_size) if isinstance(pale_size, int) else pale_size
+        B, H, W, C = _ints(x.shape)
+        return cls(B, H, W, C, num_heads // 2, _Bands.of(H, s_r), _Bands.of(W, s_c))
+
+    @property
+    def num_row_bands(self) -> int:
+        return 1 + bool(self.rows.rest)
+
+    def _halves(self, x: Tensor):
+        """(B, H, W, C) -> row half (B, H, W, heads, d), column half (B, W, H, heads, d)."""
+        half = self.C // 2
+        split = (self.heads, half // self.heads)
+        return (x[..., :half].unflatten(-1, split),
+                x[..., half:].transpose(1, 2).unflatten(-1, split))
+
+    def gather(self, x: Tensor) -> Tuple[Tensor, ...]:
+        """(B, H, W, C) -> the bands of the row half, then those of the column half."""
+        if needs_backward(x):
+            return _Gather.apply(x, self)
+        return self._gather(x)
+
+    def scatter(self, *bands: Tensor) -> Tensor:
+        """The bands of :meth:`gather` -> (B, H, W, C)."""
+        if needs_backward(*bands):
+            return _Scatter.apply(self, *bands)
+        return self._scatter(bands)
+
+    def _gather(self, x: Tensor) -> Tuple[Tensor, ...]:
+        rows, cols = self._halves(x)
+        return (*_gather_bands(rows, self.rows), *_gather_bands(cols, self.cols))
+
+    def _scatter(self, bands: Sequence[Tensor]) -> Tensor:
+        out = bands[0].new_empty(self.B, self.H, self.W, self.C)  # every entry is written
+        rows, cols = self._halves(out)
+        n = self.num_row_bands
+        _scatter_bands(bands[:n], rows, self.rows)
+        _scatter_bands(bands[n:], cols, self.cols)
+        return out
+
+
+def _gather_bands(x: Tensor, bands: _Bands) -> List[Tensor]:
+    """Rows of x (B, H, W, heads, d), any strides, grouped: one contiguous copy per band.
+
+    -> [(B*rest, heads, (full+1)*W, d) if rest], (B*(G-rest), heads, full*W, d)
     """
     B, H, W, heads, d = _ints(x.shape)
-    full, rest = divmod(H, G)  # complete blocks of G rows; rows of the partial block
-    out = x.new_empty(B, G, heads, s, W, d)
-    # rows a * G + i for a < full: (B, full, G, W, heads, d) -> (B, G, heads, full, W, d)
-    out[:, :, :, :full] = x[:, :full * G].unflatten(1, (full, G)).permute(0, 2, 4, 1, 3, 5)
-    if rest:  # the partial block a = full: rows i < rest are real
-        out[:, :rest, :, full] = x[:, full * G:].permute(0, 1, 3, 2, 4)
-        out[:, rest:, :, full] = 0
-    if full + bool(rest) < s:
-        out[:, :, :, full + bool(rest):] = 0
-    return out.view(B * G, heads, s * W, d)
+    G, full, rest = bands
+    blocks = x[:, :full * G].unflatten(1, (full, G))  # (B, full, G, W, heads, d): row a*G + i
+    out = []
+    if rest:  # groups i < rest also hold row full*G + i
+        long = x.new_empty(B, rest, heads, full + 1, W, d)
+        long[:, :, :, :full] = blocks[:, :, :rest].permute(0, 2, 4, 1, 3, 5)
+        long[:, :, :, full] = x[:, full * G:].permute(0, 1, 3, 2, 4)
+        out.append(long.view(B * rest, heads, (full + 1) * W, d))
+    short = x.new_empty(B, G - rest, heads, full, W, d)
+    short.copy_(blocks[:, :, rest:].permute(0, 2, 4, 1, 3, 5))
+    out.append(short.view(B * (G - rest), heads, full * W, d))
+    return out
 
 
-def _from_groups(y: Tensor, dst: Tensor, s: int, G: int) -> None:
-    """Inverse of :func:`_to_groups`: write (B*G, heads, s*W, d) into dst (B, H, W, heads, d)."""
+def _scatter_bands(ys: Sequence[Tensor], dst: Tensor, bands: _Bands) -> None:
+    """Inverse of :func:`_gather_bands`: write the bands into dst (B, H, W, heads, d)."""
     B, H, W, heads, d = _ints(dst.shape)
-    full, rest = divmod(H, G)
-    y = y.view(B, G, heads, s, W, d)
-    dst[:, :full * G].unflatten(1, (full, G)).copy_(y[:, :, :, :full].permute(0, 3, 1, 4, 2, 5))
+    G, full, rest = bands
+    blocks = dst[:, :full * G].unflatten(1, (full, G))  # (B, full, G, W, heads, d)
     if rest:
-        dst[:, full * G:].copy_(y[:, :rest, :, full].permute(0, 1, 3, 2, 4))
+        long = ys[0].reshape(B, rest, heads, full + 1, W, d)
+        blocks[:, :, :rest].copy_(long[:, :, :, :full].permute(0, 3, 1, 4, 2, 5))
+        dst[:, full * G:].copy_(long[:, :, :, full].permute(0, 1, 3, 2, 4))
+    short = ys[-1].reshape(B, G - rest, heads, full, W, d)
+    blocks[:, :, rest:].copy_(short.permute(0, 3, 1, 4, 2, 5))
 
 
-def _key_mask(H: int, W: int, s: int, G: int, device) -> Optional[Tensor]:
-    """(G, 1, s*W) bool, True for real keys; None when nothing is padded."""
-    if s * G == H:
-        return None
-    # row h = a * G + i of group i is real iff h < H: (s, G) -> (G, s) -> (G, s * W)
-    real = torch.arange(s * G, device=device).view(s, G).t() < H
-    return real[:, None, :, None].expand(G, 1, s, W).reshape(G, 1, s * W)
+class _Gather(torch.autograd.Function):
+    """:meth:`PaleLayout.gather` with its inverse as the backward: one copy each way."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, layout: PaleLayout):
+        ctx.layout = layout
+        return layout._gather(x)
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor):
+        return ctx.layout.scatter(*grads), None
 
 
-def _row_group_attention(q: Tensor, k: Tensor, v: Tensor, out: Tensor, pale_size: int,
-                         heads: int, dropout_p: float) -> None:
-    """Attention inside interlaced row groups. q, k, v, out: (B, H, W, c) views; writes out."""
-    B, H, W, c = _ints(q.shape)
-    d = c // heads
-    s = min(pale_size, H)
-    G = num_groups(H, s)
-    q, k, v = (_to_groups(x.unflatten(-1, (heads, d)), s, G) for x in (q, k, v))
-    mask = _key_mask(H, W, s, G, q.device)
-    if mask is not None:  # (G, 1, N) -> (B*G, 1, 1, N), broadcast over heads and queries
-        mask = mask.unsqueeze(0).expand(B, G, 1, s * W).reshape(B * G, 1, 1, s * W)
-    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
-    _from_groups(y, out.unflatten(-1, (heads, d)), s, G)
+class _Scatter(torch.autograd.Function):
+    """:meth:`PaleLayout.scatter` with :meth:`PaleLayout.gather` as the backward."""
+
+    @staticmethod
+    def forward(ctx, layout: PaleLayout, *bands: Tensor) -> Tensor:
+        ctx.layout = layout
+        return layout._scatter(bands)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return (None, *ctx.layout.gather(grad))
+
+
+def pale_attention_bands(q: Tensor, k: Tensor, v: Tensor, pale_size, num_heads: int,
+                         dropout_p: float = 0.0) -> Tuple[Tuple[Tensor, ...], PaleLayout]:
+    """PS-Attention up to the grouped result: ``layout.scatter(*bands)`` is
+    :func:`pale_attention`'s output. Lets a caller fuse the scatter into what follows."""
+    _check_inputs(q, k, v, num_heads)
+    layout = PaleLayout.of(q, pale_size, num_heads)
+    out = tuple(
+        F.scaled_dot_product_attention(qb, kb, vb, dropout_p=dropout_p)
+        for qb, kb, vb in zip(layout.gather(q), layout.gather(k), layout.gather(v)))
+    return out, layout
 
 
 def pale_attention(q: Tensor, k: Tensor, v: Tensor, pale_size, num_heads: int,
@@ -120,18 +219,8 @@ def pale_attention(q: Tensor, k: Tensor, v: Tensor, pale_size, num_heads: int,
     Returns:
         (B, H, W, C)
     """
-    _check_inputs(q, k, v, num_heads)
-    s_r, s_c = (pale_size, pale_size) if isinstance(pale_size, int) else pale_size
-    half = q.shape[-1] // 2
-    heads = num_heads // 2
-    out = q.new_empty(q.shape)
-    rows, cols = slice(None, half), slice(half, None)
-    _row_group_attention(q[..., rows], k[..., rows], v[..., rows], out[..., rows], s_r, heads,
-                         dropout_p)
-    # columns: the same computation on the transposed map (B, W, H, c), all views
-    _row_group_attention(*(x[..., cols].transpose(1, 2) for x in (q, k, v, out)), s_c, heads,
-                         dropout_p)
-    return out
+    bands, layout = pale_attention_bands(q, k, v, pale_size, num_heads, dropout_p)
+    return layout.scatter(*bands)
 
 
 def pale_mask(H: int, W: int, pale_size, device=None) -> Tensor:

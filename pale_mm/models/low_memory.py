@@ -1,0 +1,165 @@
+"""Memory-lean autograd for Linear layers fed by cheap ops.
+
+Autograd keeps every intermediate that a backward formula needs. In a Pale block most of
+them are the outputs of cheap, memory-bound ops that feed a Linear layer:
+
+* ``GELU -> fc2``: GELU keeps its input (4C per token) and fc2 keeps GELU's output (4C more);
+* ``depthwise conv -> BatchNorm -> pointwise`` (Q, K, V): BatchNorm keeps the conv output and
+  the pointwise layer keeps BatchNorm's output (2C per projection, 6C for the three);
+* ``scatter of the attention's groups -> proj``: the attention keeps its grouped output and
+  proj keeps the scattered copy (C).
+
+:func:`recomputed_input_linear` computes ``F.linear(fn(*inputs), weight, bias)`` but keeps only
+``inputs`` (which the caller usually keeps alive anyway) and the weight. Its backward
+recomputes ``fn(*inputs)`` under autograd, does the Linear's backward by hand, and lets
+autograd take the gradient through ``fn``. :func:`gelu_linear` is the same for ``fn = GELU``,
+written out so that its backward reuses one buffer. The math is the same as the plain
+modules'; only the cheap prefix runs twice. This is not gradient checkpointing of the block:
+the matrix products and the attention run once, and BatchNorm's running statistics move once.
+
+Under ``torch.autocast`` the forward runs in the caller's autocast state and the backward
+recomputes ``fn`` in that same state, then does the Linear's products in the dtype the
+forward's product ran in, returning gradients in each input's own dtype, as autocast's casts
+do. Callers use the plain modules where nothing needs a gradient (inference, FLOP counting
+by jit tracing, frozen layers): see :func:`needs_backward`.
+"""
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+
+def needs_backward(*tensors: Optional[Tensor]) -> bool:
+    """Whether autograd will record ops on these inputs (so custom backward paths pay).
+
+    False without grad mode, when none of them requires a gradient, and while tracing or
+    compiling (tracers see the plain ops, which they know how to count and fuse).
+    """
+    if not torch.is_grad_enabled() or torch.jit.is_tracing() or \
+            torch.compiler.is_compiling():
+        return False
+    return any(t is not None and t.requires_grad for t in tensors)
+
+
+def _flat(x: Tensor) -> Tensor:
+    """(..., n) -> (N, n)"""
+    return x.reshape(-1, x.shape[-1])
+
+
+class _RecomputedInputLinear(torch.autograd.Function):
+    """y = F.linear(fn(*inputs), weight, bias), keeping ``inputs`` instead of ``fn(*inputs)``."""
+
+    @staticmethod
+    def forward(ctx, fn: Callable, recompute_fn: Callable, weight: Tensor,
+                bias: Optional[Tensor], *inputs: Optional[Tensor]) -> Tensor:
+        z = fn(*inputs)  # (..., in)
+        y = F.linear(z, weight, bias)  # (..., out); autocast may run it in lower precision
+        device = z.device.type
+        ctx.recompute_fn = recompute_fn
+        ctx.autocast = (device, torch.is_autocast_enabled(device),
+                        torch.get_autocast_dtype(device))
+        ctx.compute_dtype = y.dtype
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        ctx.save_for_backward(weight, *inputs)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y: Tensor):
+        weight, *inputs = ctx.saved_tensors
+        needs = ctx.needs_input_grad[4:]
+        leaves = [x.detach().requires_grad_(n) if x is not None else None
+                  for x, n in zip(inputs, needs)]
+        device, autocast, autocast_dtype = ctx.autocast
+        with torch.enable_grad(), torch.autocast(device, dtype=autocast_dtype,
+                                                 enabled=autocast):
+            z = ctx.recompute_fn(*leaves)  # (..., in), as in the forward
+        # The Linear's backward, in the dtype its forward product ran in.
+        dtype = ctx.compute_dtype
+        grad_y = grad_y.to(dtype)
+        grad_w = grad_b = None
+        if ctx.needs_input_grad[2]:
+            grad_w = _flat(grad_y).t().mm(_flat(z.detach().to(dtype))).to(weight.dtype)
+        if ctx.needs_input_grad[3]:
+            grad_b = _flat(grad_y).sum(0).to(ctx.bias_dtype)
+        grads = [None] * len(inputs)
+        wanted = [i for i, n in enumerate(needs) if n]
+        if wanted:
+            grad_z = grad_y.matmul(weight.to(dtype)).to(z.dtype)  # (..., in)
+            found = torch.autograd.grad(z, [leaves[i] for i in wanted], grad_z,
+                                        allow_unused=True)
+            for i, g in zip(wanted, found):
+                grads[i] = g
+        return (None, None, grad_w, grad_b, *grads)
+
+
+def recomputed_input_linear(fn: Callable, inputs: Sequence[Optional[Tensor]], weight: Tensor,
+                            bias: Optional[Tensor] = None,
+                            recompute_fn: Optional[Callable] = None) -> Tensor:
+    """``F.linear(fn(*inputs), weight, bias)`` that keeps ``inputs``, not ``fn(*inputs)``.
+
+    Args:
+        fn: cheap ops (elementwise, depthwise, norms), run once in the forward.
+        inputs: the tensors ``fn`` takes (activations and parameters); gradients reach each
+            that requires one. ``None`` entries are passed through.
+        weight, bias: the Linear layer's, (out, in) and (out, ).
+        recompute_fn: what the backward runs instead of ``fn``, when running ``fn`` again
+            would differ (a BatchNorm must not update its running statistics twice). It must
+            give the same values as ``fn`` did in the forward. Default: ``fn``.
+
+    Returns:
+        (..., out)
+    """
+    return _RecomputedInputLinear.apply(fn, recompute_fn or fn, weight, bias, *inputs)
+
+
+class _GeluLinear(torch.autograd.Function):
+    """y = F.linear(F.gelu(h), weight, bias), keeping h but not GELU's output."""
+
+    @staticmethod
+    def forward(ctx, h: Tensor, weight: Tensor, bias: Optional[Tensor],
+                approximate: str) -> Tensor:
+        y = F.linear(F.gelu(h, approximate=approximate), weight, bias)
+        ctx.approximate = approximate
+        ctx.compute_dtype = y.dtype
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        ctx.save_for_backward(h, weight)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y: Tensor):
+        h, weight = ctx.saved_tensors
+        dtype = ctx.compute_dtype
+        grad_y = _flat(grad_y.to(dtype))  # (N, out)
+        h2 = _flat(h)  # (N, hidden)
+        gelu = F.gelu(h2, approximate=ctx.approximate)  # GELU's output again
+        grad_h = grad_w = grad_b = None
+        if ctx.needs_input_grad[1]:
+            grad_w = grad_y.t().mm(gelu.to(dtype)).to(weight.dtype)
+        if ctx.needs_input_grad[2]:
+            grad_b = grad_y.sum(0).to(ctx.bias_dtype)
+        if ctx.needs_input_grad[0]:
+            # one buffer (GELU's output's) for the gradient at GELU's output, then its input
+            w = weight.to(dtype)
+            buf = torch.mm(grad_y, w, out=gelu) if gelu.dtype == dtype else \
+                grad_y.mm(w).to(h.dtype)
+            grad_h = torch.ops.aten.gelu_backward.grad_input(
+                buf, h2, approximate=ctx.approximate, grad_input=buf).view(h.shape)
+        return grad_h, grad_w, grad_b, None
+
+
+def gelu_linear(h: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
+                approximate: str = 'none') -> Tensor:
+    """``F.linear(F.gelu(h, approximate=approximate), weight, bias)`` that keeps ``h`` only.
+
+    Args:
+        h: (..., hidden), e.g. the first Linear's output in an MLP.
+        weight, bias: (out, hidden) and (out, ).
+
+    Returns:
+        (..., out)
+    """
+    return _GeluLinear.apply(h, weight, bias, approximate)
