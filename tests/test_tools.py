@@ -84,3 +84,14 @@ def test_model_index_lists_every_config():
         configs = {os.path.relpath(p, ROOT) for p in
                    glob.glob(os.path.join(ROOT, 'configs', folder, 'pale_[tsb]_*.py'))}
         assert configs and configs <= listed, configs - listed
+
+
+def test_demo_learns_and_draws(tmp_path, capsys):
+    """`make demo` in small: the model beats a constant prediction by far, pictures exist."""
+    import demo
+    summary = demo.main(['--iters', '40', '--data-root', str(tmp_path / 'data'),
+                         '--work-dir', str(tmp_path / 'work')])
+    assert summary['mIoU'] > summary['constant_prediction_mIoU'] + 15, summary
+    assert os.path.isfile(summary['pictures'])
+    assert len(list((tmp_path / 'work' / 'predictions').glob('ADE_val_*.png'))) == 9
+    assert 'validation mIoU' in capsys.readouterr().out
