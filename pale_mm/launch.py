@@ -83,6 +83,26 @@ def _sync_bn_to_bn(node) -> int:
     return count
 
 
+def add_run_arguments(parser) -> None:
+    """The options tools/train.py and tools/test.py share: overrides and launching."""
+    from mmengine.config import DictAction
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config entries, key=value (e.g. '
+                        'train_dataloader.dataset.data_root=data/my_coco/)')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def prepare_run(args):
+    """Config of ``args.config`` with ``--cfg-options``, launcher and work dir applied."""
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    cfg = load_config(args.config, args.cfg_options)
+    setup_distributed(cfg, args.launcher)
+    cfg.work_dir = default_work_dir(cfg, args.config, args.work_dir)
+    return cfg
+
+
 def default_work_dir(cfg, config_path: str, work_dir: Optional[str]) -> str:
     if work_dir:
         return work_dir

@@ -4,7 +4,6 @@
     bash tools/dist_train.sh configs/mask_rcnn/pale_t_coco_1x.py 8
 """
 import argparse
-import os
 import os.path as osp
 import sys
 
@@ -12,7 +11,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
 def parse_args(argv=None):
-    from mmengine.config import DictAction
+    from pale_mm import launch
     parser = argparse.ArgumentParser(description='Train a detector, segmentor or classifier')
     parser.add_argument('config', help='config file (mmdet, mmseg or mmpretrain scope)')
     parser.add_argument('--work-dir', help='where logs and checkpoints go')
@@ -22,24 +21,15 @@ def parse_args(argv=None):
     parser.add_argument('--resume', nargs='?', type=str, const='auto',
                         help='resume from this checkpoint, or (no value) from the latest '
                         'checkpoint in the work dir')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config entries, key=value (e.g. '
-                        'train_dataloader.dataset.data_root=data/my_coco/)')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-                        default='none', help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    launch.add_run_arguments(parser)
+    return parser.parse_args(argv)
 
 
 def main(argv=None):
-    args = parse_args(argv)
     from pale_mm import launch
+    args = parse_args(argv)
     try:
-        cfg = launch.load_config(args.config, args.cfg_options)
-        launch.setup_distributed(cfg, args.launcher)
-        cfg.work_dir = launch.default_work_dir(cfg, args.config, args.work_dir)
+        cfg = launch.prepare_run(args)
         if args.amp:
             launch.enable_amp(cfg)
         if args.auto_scale_lr:
