@@ -208,6 +208,10 @@ def load_pretrained_backbone(model: torch.nn.Module, filename: str,
     for kind, keys in report.items():
         if keys:
             msg += f'\n  {kind} keys: {_preview(keys)}'
+    if missing and all(re.match(r'norm\d+\.', k) for k in missing):
+        msg += ('\n  (only output norms are missing: the checkpoint comes from a model that '
+                'did not output those stages, such as an ImageNet classifier that pools the '
+                'last one; they start at weight 1, bias 0)')
     print_log(msg, logger='current')
     return report
 

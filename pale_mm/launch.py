@@ -186,9 +186,15 @@ def check_datasets(cfg, loaders) -> None:
             ann = ds.get('ann_file')
             if ann:
                 paths.append(('ann_file', ann if osp.isabs(ann) else osp.join(root, ann)))
-            for key, sub in (ds.get('data_prefix') or {}).items():
+            prefix = ds.get('data_prefix') or {}
+            if isinstance(prefix, str):  # mmpretrain: one image folder
+                prefix = {'': prefix}
+            if not any(prefix.values()) and ds.get('split'):
+                # mmpretrain's ImageNet: split='train' reads the images under data_root/train
+                paths.append(('split', osp.join(root, ds['split'])))
+            for key, sub in prefix.items():
                 if sub and isinstance(sub, str) and not _is_remote(sub):
-                    paths.append((f'data_prefix.{key}',
+                    paths.append(('data_prefix' + (f'.{key}' if key else ''),
                                   sub if osp.isabs(sub) else osp.join(root, sub)))
             for key, path in paths:
                 if not osp.exists(path):

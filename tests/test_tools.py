@@ -45,7 +45,8 @@ def test_benchmark_table(tmp_path, capsys):
 
 
 @pytest.mark.parametrize('layout,ann', [('coco', 'annotations/instances_val2017.json'),
-                                        ('ade', 'annotations/validation')])
+                                        ('ade', 'annotations/validation'),
+                                        ('imagenet', 'meta/val.txt')])
 def test_make_synthetic_data_cli(tmp_path, capsys, layout, ann):
     import make_synthetic_data
     root = tmp_path / layout
@@ -80,7 +81,7 @@ def test_model_index_lists_every_config():
             assert model['In Collection'] in collections
             assert os.path.isfile(os.path.join(ROOT, model['Config'])), model['Config']
             listed.add(model['Config'])
-    for folder in ('mask_rcnn', 'upernet'):
+    for folder in ('mask_rcnn', 'upernet', 'imagenet'):
         configs = {os.path.relpath(p, ROOT) for p in
                    glob.glob(os.path.join(ROOT, 'configs', folder, 'pale_[tsb]_*.py'))}
         assert configs and configs <= listed, configs - listed

@@ -81,7 +81,7 @@ def _model_from_config(args):
             self.model = model
 
         def forward(self, inputs):
-            return self.model._forward(inputs, samples)
+            return self.model(inputs, samples, mode='tensor')
 
     return osp.basename(args.config), TensorMode(model), (H, W)
 
