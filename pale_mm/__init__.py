@@ -4,7 +4,7 @@
 ``PaleTransformer`` in each installed library's ``MODELS`` registry and routes mmengine's
 checkpoint loading through a ``weights_only`` loader with an allow-list.
 """
-from . import analysis, checkpoint
+from . import analysis, checkpoint, hooks  # noqa: F401  (hooks: registers pale_mm's hooks)
 from .models import ARCH_SETTINGS, PaleTransformer, pale_attention, pale_attention_reference
 from .registry import register_all
 from .version import __version__

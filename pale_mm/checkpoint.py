@@ -8,10 +8,20 @@ torch >= 2.6 loads with ``weights_only=True`` by default, and mmengine 0.10.7 ca
 mmengine, mmdet, mmseg and mmpretrain checkpoints hold (:data:`ALLOWED_GLOBALS`).
 :func:`install` makes mmengine's local-file loader (used for ``init_cfg`` Pretrained,
 ``load_from`` and ``--resume``) go through it.
+
+Saving is made atomic the same way (:func:`atomic_save`): a checkpoint is written into a
+temporary file beside its destination and renamed over it only once complete, so a process
+killed while saving leaves the previous checkpoints as they were, never a truncated file
+that ``--resume`` would pick up.
 """
+import functools
+import glob
+import os
 import os.path as osp
 import pickle
 import re
+import uuid
+import zipfile
 from collections import OrderedDict
 from typing import Dict, List, Tuple
 
@@ -100,10 +110,155 @@ def _mmengine_local_loader(filename, map_location):
 _mmengine_local_loader.__name__ = 'load_from_local'
 
 
+# ---------------------------------------------------------------------------------------
+# atomic saving
+TMP_SUFFIX = '.tmp'
+
+
+def _tmp_name(filename: str) -> str:
+    """``dir/.name.<pid>.<random>.tmp``: beside the destination (same file system, so the
+    rename is atomic), hidden, and naming the process that writes it."""
+    folder, base = osp.split(filename)
+    return osp.join(folder, f'.{base}.{os.getpid()}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}')
+
+
+def atomic_write(filename: str, write) -> None:
+    """Call ``write(file_object)`` on a temporary file, then rename it to ``filename``.
+
+    On any failure (or a kill) ``filename`` keeps its previous content, if it had one.
+    """
+    filename = osp.realpath(osp.expanduser(str(filename)))  # replace a link's target
+    folder = osp.dirname(filename)
+    os.makedirs(folder, exist_ok=True)
+    tmp = _tmp_name(filename)
+    try:
+        with open(tmp, 'xb') as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, filename)
+    except BaseException:
+        if osp.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:  # make the rename itself durable
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:  # pragma: no cover - file systems without directory fsync
+        pass
+
+
+def atomic_save(obj, filename: str) -> None:
+    """``torch.save(obj, filename)``, atomically (see :func:`atomic_write`)."""
+    atomic_write(filename, lambda f: torch.save(obj, f))
+
+
+def remove_stale_tmp_files(folder: str) -> List[str]:
+    """Delete temporary files that killed processes left in ``folder``; returns them."""
+    removed = []
+    for path in glob.glob(osp.join(folder, f'.*{TMP_SUFFIX}')):
+        m = re.match(r'\.(.+)\.(\d+)\.[0-9a-f]{8}' + re.escape(TMP_SUFFIX) + '$',
+                     osp.basename(path))
+        if not m:
+            continue
+        pid = int(m.group(2))
+        try:
+            os.kill(pid, 0)
+            alive = pid != os.getpid()
+        except ProcessLookupError:
+            alive = False
+        except PermissionError:  # another user's live process
+            alive = True
+        if not alive:
+            os.unlink(path)
+            removed.append(path)
+    return removed
+
+
+def is_complete_checkpoint(path: str) -> bool:
+    """Whether ``path`` is a whole torch checkpoint (a zip archive with its directory at
+    the end; a truncated file has none)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return len(z.namelist()) > 0
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def _mmengine_atomic_save(original):
+    @functools.wraps(original)
+    def save_checkpoint(checkpoint, filename, file_client_args=None, backend_args=None):
+        local = isinstance(filename, str) and '://' not in filename
+        if local and file_client_args is None and backend_args is None:
+            atomic_save(checkpoint, filename)
+        else:
+            original(checkpoint, filename, file_client_args=file_client_args,
+                     backend_args=backend_args)
+
+    save_checkpoint._pale_atomic = True
+    return save_checkpoint
+
+
+class _DeferredRemoval:
+    """A file backend that notes ``remove``/``rmtree`` calls instead of doing them."""
+
+    def __init__(self, backend):
+        self._backend = backend
+        self.removals = []
+
+    def remove(self, path):
+        self.removals.append(('remove', path))
+
+    def rmtree(self, path):
+        self.removals.append(('rmtree', path))
+
+    def __getattr__(self, name):
+        return getattr(self._backend, name)
+
+
+def _remove_after_saving(method):
+    """mmengine's CheckpointHook deletes the oldest checkpoint (``max_keep_ckpts``) or the
+    previous best one *before* writing the new one: a kill in between (with
+    ``max_keep_ckpts=1``, the only one) leaves nothing to resume from. Deletions now wait
+    until the new checkpoint and ``last_checkpoint`` are written."""
+    @functools.wraps(method)
+    def wrapper(self, runner, *args, **kwargs):
+        backend = self.file_backend
+        deferred = _DeferredRemoval(backend)
+        self.file_backend = deferred
+        try:
+            result = method(self, runner, *args, **kwargs)
+        finally:
+            self.file_backend = backend
+        for kind, path in deferred.removals:
+            getattr(backend, kind)(path)
+        return result
+
+    wrapper._pale_deferred = True
+    return wrapper
+
+
 def install() -> None:
-    """Route mmengine's local-file checkpoint loading through :func:`safe_load`."""
-    from mmengine.runner.checkpoint import CheckpointLoader
-    CheckpointLoader.register_scheme(prefixes='', loader=_mmengine_local_loader, force=True)
+    """Route mmengine's local-file checkpoint loading through :func:`safe_load`, make its
+    checkpoint saving atomic and its old-checkpoint deletion wait for the new one."""
+    import mmengine.runner as runner_pkg
+    import mmengine.runner.checkpoint as ckpt_module
+    import mmengine.runner.runner as runner_module
+    from mmengine.hooks import CheckpointHook
+    ckpt_module.CheckpointLoader.register_scheme(prefixes='', loader=_mmengine_local_loader,
+                                                 force=True)
+    if not getattr(ckpt_module.save_checkpoint, '_pale_atomic', False):
+        atomic = _mmengine_atomic_save(ckpt_module.save_checkpoint)
+        for module in (ckpt_module, runner_module, runner_pkg):
+            if hasattr(module, 'save_checkpoint'):
+                module.save_checkpoint = atomic
+    for name in ('_save_checkpoint_with_step', '_save_best_checkpoint'):
+        method = getattr(CheckpointHook, name, None)
+        if method is not None and not getattr(method, '_pale_deferred', False):
+            setattr(CheckpointHook, name, _remove_after_saving(method))
 
 
 # ---------------------------------------------------------------------------------------

@@ -94,13 +94,38 @@ def add_run_arguments(parser) -> None:
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
 
 
-def prepare_run(args):
-    """Config of ``args.config`` with ``--cfg-options``, launcher and work dir applied."""
+def prepare_run(args, train: bool):
+    """Config of ``args.config`` with ``--cfg-options``, launcher and work dir applied, its
+    backbone arguments checked and pale_mm's hooks added (:mod:`pale_mm.hooks`)."""
+    from .hooks import add_run_hooks
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     cfg = load_config(args.config, args.cfg_options)
+    check_model(cfg)
+    add_run_hooks(cfg, train=train)
     setup_distributed(cfg, args.launcher)
     cfg.work_dir = default_work_dir(cfg, args.config, args.work_dir)
     return cfg
+
+
+def check_model(cfg) -> None:
+    """Every ``PaleTransformer`` in the model config gets its arguments checked before
+    anything is built or written (misspelt names, out_indices out of range, ...)."""
+    from .models.pale_transformer import PaleConfigError, check_config
+
+    def walk(node, key):
+        if isinstance(node, dict):
+            if str(node.get('type', '')).split('.')[-1] == 'PaleTransformer':
+                try:
+                    check_config(node)
+                except PaleConfigError as e:
+                    raise LaunchError(f'{key}: {e}') from None
+            for k, v in node.items():
+                walk(v, f'{key}.{k}')
+        elif isinstance(node, (list, tuple)):
+            for i, v in enumerate(node):
+                walk(v, f'{key}.{i}')
+
+    walk(cfg.get('model'), 'model')
 
 
 def default_work_dir(cfg, config_path: str, work_dir: Optional[str]) -> str:
@@ -121,9 +146,31 @@ def build_runner(cfg):
         # visualizer, which writes the scalars into the first run's work dir. Unnamed, it
         # takes the run's own experiment name.
         vis.pop('name')
-    runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
+    if 'runner_type' in cfg:
+        runner = RUNNERS.build(cfg)
+    else:
+        runner = _checked_data_runner().from_cfg(cfg)
     _test_json_on_rank0_only(runner)
     return runner
+
+
+def _checked_data_runner():
+    """mmengine's Runner whose data loaders read their samples through
+    :class:`pale_mm.data.checks.CheckedPipeline`, wrapped as each loader is built (before an
+    iteration-based loop starts its worker processes)."""
+    from mmengine.runner import Runner
+
+    from .hooks import wrap_dataset_pipelines
+
+    class CheckedDataRunner(Runner):
+        @staticmethod
+        def build_dataloader(dataloader, seed=None, diff_rank_seed=False):
+            loader = Runner.build_dataloader(dataloader, seed=seed,
+                                             diff_rank_seed=diff_rank_seed)
+            wrap_dataset_pipelines(loader.dataset)
+            return loader
+
+    return CheckedDataRunner
 
 
 def _test_json_on_rank0_only(runner) -> None:
@@ -216,6 +263,12 @@ def check_datasets(cfg, loaders) -> None:
                     f'annotation file not found: {ann} ({key}.ann_file, read by the '
                     f"{ev.get('type')} metric). Point it at the annotations of "
                     f'{loader}.dataset with --cfg-options {key}.ann_file=/path/to/ann.json')
+    # what the files hold: valid annotation files, listed images on disk, label maps
+    from .data.checks import DataError, check_annotation_files
+    try:
+        check_annotation_files(cfg, loaders, _innermost_datasets)
+    except DataError as e:
+        raise LaunchError(e.summary) from None
 
 
 def _pretrained_checkpoints(model_cfg, prefix='model'):
@@ -258,6 +311,63 @@ def _drop_init_cfg(model_cfg, keys) -> None:
     for k in keys:
         node = node[k]
     node['init_cfg'] = None
+
+
+CHECKPOINT_PATTERNS = ('epoch_*.pth', 'iter_*.pth')
+
+
+def _checkpoints_in(work_dir: str):
+    """Checkpoints of a work dir, newest (highest epoch / iteration) first."""
+    import glob
+    import re
+    found = []
+    for pattern in CHECKPOINT_PATTERNS:
+        for path in glob.glob(osp.join(work_dir, pattern)):
+            m = re.search(r'_(\d+)\.pth$', path)
+            if m:
+                found.append((int(m.group(1)), path))
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def find_resume_checkpoint(work_dir: str) -> Optional[str]:
+    """The checkpoint ``--resume`` (without a path) continues from: the one
+    ``last_checkpoint`` names if it is complete, else the newest complete one in the work
+    dir (a run killed at the wrong moment, or copied over incompletely). Temporary files of
+    killed saves are removed."""
+    import warnings
+
+    from .checkpoint import is_complete_checkpoint, remove_stale_tmp_files
+    if not osp.isdir(work_dir):
+        return None
+    for path in remove_stale_tmp_files(work_dir):
+        warnings.warn(f'removed {path}, the unfinished save of a killed run')
+    named = None
+    marker = osp.join(work_dir, 'last_checkpoint')
+    if osp.isfile(marker):
+        with open(marker) as f:
+            named = f.read().strip() or None
+        if named and not osp.isabs(named) and not osp.exists(named):
+            named = osp.join(work_dir, osp.basename(named))
+        if named and is_complete_checkpoint(named):
+            return named
+    for path in _checkpoints_in(work_dir):
+        if is_complete_checkpoint(path):
+            if named:
+                warnings.warn(f'{marker} names {named}, which is missing or incomplete; '
+                              f'resuming from {path}, the newest complete checkpoint')
+            return path
+    return None
+
+
+def guard_work_dir(work_dir: str) -> None:
+    """A new (not resumed) training run must not overwrite an earlier run's checkpoints."""
+    found = _checkpoints_in(work_dir) if osp.isdir(work_dir) else []
+    if found:
+        names = ', '.join(osp.basename(p) for p in found[:3])
+        raise LaunchError(
+            f'work dir {work_dir} already holds checkpoints of an earlier run ({names}'
+            f'{", ..." if len(found) > 3 else ""}); a new run would overwrite them. Continue '
+            'that run with --resume, or give this one another --work-dir.')
 
 
 def check_file(path: str, what: str) -> None:
@@ -313,8 +423,86 @@ def enable_tta(cfg) -> None:
 
 
 def dump_metric(scope: str, out_file: str):
+    """The metric that writes ``--out``: into a temporary file, renamed over ``out_file``
+    only once complete (a failed or killed test leaves an earlier file as it was)."""
     if scope == 'mmdet':
-        from mmdet.evaluation import DumpDetResults
-        return DumpDetResults(out_file_path=out_file)
-    from mmengine.evaluator import DumpResults
-    return DumpResults(out_file_path=out_file)
+        from mmdet.evaluation import DumpDetResults as base
+    else:
+        from mmengine.evaluator import DumpResults as base
+
+    class AtomicDump(base):
+        def compute_metrics(self, results):
+            import uuid
+            final = self.out_file_path
+            folder, name = osp.split(osp.abspath(final))
+            os.makedirs(folder, exist_ok=True)
+            tmp = osp.join(folder, f'.{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.pkl')
+            self.out_file_path = tmp
+            try:
+                metrics = super().compute_metrics(results)
+                os.replace(tmp, final)
+            finally:
+                self.out_file_path = final
+                if osp.exists(tmp):
+                    os.unlink(tmp)
+            return metrics
+
+    return AtomicDump(out_file_path=out_file)
+
+
+def atomic_coco_results(runner) -> None:
+    """mmdet's CocoMetric writes its result files (``outfile_prefix``.bbox.json, .segm.json)
+    in place; here into temporary names, renamed once each file is complete."""
+    for metric in getattr(runner.test_evaluator, 'metrics', []):
+        if not hasattr(metric, 'results2json') or getattr(metric, '_pale_atomic', False):
+            continue
+        original = metric.results2json
+
+        def results2json(results, outfile_prefix, _original=original):
+            import uuid
+            folder, name = osp.split(osp.abspath(outfile_prefix))
+            os.makedirs(folder, exist_ok=True)
+            tmp_prefix = osp.join(folder, f'.{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}')
+            files = _original(results, tmp_prefix)
+            for key, path in list(files.items()):
+                final = outfile_prefix + path[len(tmp_prefix):]
+                if osp.exists(path):  # one file may stand for two keys (bbox, proposal)
+                    os.replace(path, final)
+                files[key] = final
+            return files
+
+        metric.results2json = results2json
+        metric._pale_atomic = True
+
+
+def seg_output_dir_swap(runner, out_dir: str):
+    """mmseg writes ``--out`` label maps one by one while testing; they go into
+    ``out_dir.partial-<timestamp>`` and replace ``out_dir`` only after the whole test set
+    (an earlier ``out_dir`` survives a failed test). Returns the function that swaps."""
+    import shutil
+
+    from mmengine.dist import barrier, is_main_process
+    partial = f'{out_dir.rstrip("/")}.partial-{runner.timestamp}'
+    for metric in runner.test_evaluator.metrics:
+        if hasattr(metric, 'output_dir'):
+            metric.output_dir = partial
+    os.makedirs(partial, exist_ok=True)
+
+    def swap():
+        barrier()
+        if not is_main_process():
+            return
+        old = None
+        if osp.exists(out_dir):
+            old = f'{out_dir.rstrip("/")}.old-{runner.timestamp}'
+            os.replace(out_dir, old)
+        os.replace(partial, out_dir)
+        if old:
+            shutil.rmtree(old)
+
+    def discard():
+        if is_main_process() and osp.isdir(partial):
+            shutil.rmtree(partial)
+
+    swap.discard = discard
+    return swap

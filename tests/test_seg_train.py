@@ -9,7 +9,6 @@ import os.path as osp
 import socket
 import subprocess
 import sys
-import uuid
 
 import cv2
 import numpy as np
@@ -22,6 +21,7 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, osp.join(ROOT, 'tools'))
 import test as test_tool  # noqa: E402
 import train as train_tool  # noqa: E402
+from seg_common import own_visualizer, small_seg_options  # noqa: E402
 
 CONFIG = osp.join(ROOT, 'configs/upernet/pale_t_ade20k.py')
 ITERS, MORE = 30, 10  # first run, then resumed for MORE iterations
@@ -72,49 +72,13 @@ def ade(tmp_path_factory):
                     image_size=(64, 64), seed=0, num_classes=5)
 
 
-def _own_visualizer():
-    """mmseg's runtime names its visualizer 'visualizer', and mmengine hands a later runner
-    in the same process the first one's instance (writing into the first work dir): each
-    in-process run here gets its own name."""
-    return {'visualizer.name': f'vis_{uuid.uuid4().hex[:8]}'}
-
-
-def _small_options(ade, max_iters, schedule_end):
-    """Data overrides, a shrunk backbone and heads, and a short schedule."""
-    opts = ade_cfg_options(ade)
-    opts.update(_own_visualizer())
-    opts.update({
-        'model.backbone.init_cfg': None,
-        'model.backbone.arch._delete_': True,
-        'model.backbone.arch.embed_dims': 16,
-        'model.backbone.arch.depths': [1, 1, 2, 1],
-        'model.backbone.arch.num_heads': [2, 2, 4, 4],
-        'model.backbone.drop_path_rate': 0.0,
-        'model.decode_head.in_channels': [16, 32, 64, 128],
-        'model.decode_head.channels': 32,
-        'model.auxiliary_head.in_channels': 64,
-        'model.auxiliary_head.channels': 16,
-        'train_dataloader.batch_size': 4,
-        'optim_wrapper.optimizer.lr': 4e-3,
-        'param_scheduler.0.end': 5,
-        'param_scheduler.1.begin': 5,
-        'param_scheduler.1.end': schedule_end,
-        'train_cfg.max_iters': max_iters,
-        'train_cfg.val_interval': max_iters,
-        'default_hooks.logger.interval': 1,
-        'default_hooks.checkpoint.interval': max_iters,
-        'randomness.seed': 0,
-    })
-    return format_cfg_options(opts)
-
-
 @pytest.fixture(scope='module')
 def trained(ade, tmp_path_factory):
     """The shrunk model trained for ITERS iterations (validated at the end) through
     tools/train.py, as if a longer run (schedule ITERS + MORE) had been interrupted."""
     work_dir = str(tmp_path_factory.mktemp('work'))
     runner = train_tool.main([CONFIG, '--work-dir', work_dir, '--cfg-options'] +
-                             _small_options(ade, ITERS, ITERS + MORE))
+                             small_seg_options(ade, ITERS, ITERS + MORE))
     assert runner.iter == ITERS
     return dict(work_dir=work_dir, ckpt=osp.join(work_dir, f'iter_{ITERS}.pth'),
                 scalars=_scalars(work_dir))
@@ -143,7 +107,7 @@ def test_resume(ade, trained, tmp_path):
     work_dir = str(tmp_path / 'work')
     os.makedirs(work_dir)
     runner = train_tool.main([CONFIG, '--work-dir', work_dir, '--resume', trained['ckpt'],
-                              '--cfg-options'] + _small_options(ade, ITERS + MORE,
+                              '--cfg-options'] + small_seg_options(ade, ITERS + MORE,
                                                                 ITERS + MORE))
     assert runner.iter == ITERS + MORE
     steps = [s['step'] for s in _scalars(work_dir) if 'loss' in s]
@@ -176,7 +140,7 @@ def single_test(ade, trained, tmp_path_factory):
     tmp = tmp_path_factory.mktemp('single')
     metrics = test_tool.main([CONFIG, trained['ckpt'], '--work-dir', str(tmp / 'work'),
                               '--out', str(tmp / 'out'), '--cfg-options'] +
-                             _small_options(ade, ITERS, ITERS + MORE))
+                             small_seg_options(ade, ITERS, ITERS + MORE))
     return dict(metrics=metrics, out=tmp / 'out')
 
 
@@ -196,7 +160,7 @@ def test_dist_test_matches_single_process(ade, trained, single_test, tmp_path):
     proc = subprocess.run(
         ['bash', osp.join(ROOT, 'tools/dist_test.sh'), CONFIG, trained['ckpt'], '2',
          '--work-dir', str(dist_work), '--out', str(dist_out), '--cfg-options'] +
-        _small_options(ade, ITERS, ITERS + MORE),
+        small_seg_options(ade, ITERS, ITERS + MORE),
         # cwd: mmengine gathers the ranks' results through ./.dist_test/
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     log = proc.stdout + proc.stderr
@@ -222,7 +186,7 @@ def test_tta(ade, trained, single_test, tmp_path):
     """--tta: mmseg's SegTTAModel over 6 scales x 2 flips, scored against the same labels."""
     tta = test_tool.main([CONFIG, trained['ckpt'], '--tta', '--work-dir', str(tmp_path / 'w'),
                           '--out', str(tmp_path / 'out'), '--cfg-options'] +
-                         _small_options(ade, ITERS, ITERS + MORE))
+                         small_seg_options(ade, ITERS, ITERS + MORE))
     print(f'mIoU single-scale {single_test["metrics"]["mIoU"]} / multi-scale+flip '
           f'{tta["mIoU"]}')
     assert set(tta) >= {'aAcc', 'mIoU', 'mAcc'}
@@ -256,7 +220,7 @@ def _one_step_options(ade, tta_scale=True):
     opts = ade_cfg_options(ade)
     if not tta_scale:  # mmseg's own tta_pipeline has no single-scale resize to shrink
         del opts['tta_pipeline.1.transforms.0.0.scale']
-    opts.update(_own_visualizer())
+    opts.update(own_visualizer())
     opts.update({
         'train_dataloader.batch_size': 2,
         'train_cfg.max_iters': 1,

@@ -8,6 +8,7 @@
 4. prints where the pictures are, the final mIoU and what a constant prediction scores.
 """
 import argparse
+import glob
 import json
 import os
 import os.path as osp
@@ -112,6 +113,13 @@ def main(argv=None):
         options += [f'train_cfg.max_iters={args.iters}', f'train_cfg.val_interval={args.iters}',
                     f'param_scheduler.1.end={args.iters}',
                     f'default_hooks.checkpoint.interval={args.iters}']
+    # each demo starts afresh: the previous demo's checkpoints go (train.py refuses to
+    # overwrite the checkpoints of an earlier run in its work dir)
+    old = glob.glob(osp.join(args.work_dir, 'iter_*.pth'))
+    for path in old + glob.glob(osp.join(args.work_dir, 'last_checkpoint')):
+        os.remove(path)
+    if old:
+        print(f'demo: removed the previous demo\'s {len(old)} checkpoint(s) in {args.work_dir}')
     runner = train_tool.main([CONFIG, '--work-dir', args.work_dir, '--cfg-options', *options])
     miou = runner.message_hub.get_scalar('val/mIoU').current()
     checkpoint = osp.join(args.work_dir, f'iter_{runner.iter}.pth')

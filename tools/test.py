@@ -29,9 +29,10 @@ def parse_args(argv=None):
 
 def main(argv=None):
     from pale_mm import launch
+    from pale_mm.data.checks import DataError
     args = parse_args(argv)
     try:
-        cfg = launch.prepare_run(args)
+        cfg = launch.prepare_run(args, train=False)
         launch.check_file(args.checkpoint, 'checkpoint')
         cfg.load_from = args.checkpoint
         if args.show or args.show_dir:
@@ -44,12 +45,25 @@ def main(argv=None):
         elif args.out and not args.out.endswith(('.pkl', '.pickle')):
             raise launch.LaunchError(f'--out must name a .pkl file, got {args.out}')
         launch.check_datasets(cfg, ['test_dataloader'])
-    except launch.LaunchError as e:
+    except (launch.LaunchError, DataError) as e:
         sys.exit(f'test.py: error: {e}')
     runner = launch.build_runner(cfg)
-    if args.out and cfg.default_scope != 'mmseg':
+    # outputs are written under temporary names and renamed once complete
+    launch.atomic_coco_results(runner)
+    swap = None
+    if args.out and cfg.default_scope == 'mmseg':
+        swap = launch.seg_output_dir_swap(runner, args.out)
+    elif args.out:
         runner.test_evaluator.metrics.append(launch.dump_metric(cfg.default_scope, args.out))
-    metrics = runner.test()
+    try:
+        metrics = runner.test()
+    except DataError as e:
+        sys.exit(f'test.py: error: {e.summary}')
+    finally:
+        if swap is not None and sys.exc_info()[0] is not None:
+            swap.discard()
+    if swap is not None:
+        swap()
     return metrics
 
 

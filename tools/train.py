@@ -27,9 +27,10 @@ def parse_args(argv=None):
 
 def main(argv=None):
     from pale_mm import launch
+    from pale_mm.data.checks import DataError
     args = parse_args(argv)
     try:
-        cfg = launch.prepare_run(args)
+        cfg = launch.prepare_run(args, train=True)
         if args.amp:
             launch.enable_amp(cfg)
         if args.auto_scale_lr:
@@ -38,19 +39,31 @@ def main(argv=None):
                     '--auto-scale-lr needs auto_scale_lr=dict(base_batch_size=N) in the config')
             cfg.auto_scale_lr.enable = True
         if args.resume == 'auto':
-            cfg.resume, cfg.load_from = True, None
+            # the newest complete checkpoint of the work dir; none: start from scratch
+            found = launch.find_resume_checkpoint(cfg.work_dir)
+            if found:
+                cfg.resume, cfg.load_from = True, found
+            else:
+                print(f'train.py: --resume: no checkpoint in {cfg.work_dir}; starting from '
+                      'scratch', file=sys.stderr)
+                cfg.resume = False
         elif args.resume is not None:
             launch.check_file(args.resume, '--resume checkpoint')
             cfg.resume, cfg.load_from = True, args.resume
-        elif cfg.get('load_from'):
-            launch.check_file(cfg.load_from, 'load_from checkpoint')
+        else:
+            launch.guard_work_dir(cfg.work_dir)
+            if cfg.get('load_from'):
+                launch.check_file(cfg.load_from, 'load_from checkpoint')
         launch.check_datasets(cfg, ['train_dataloader'] +
                               (['val_dataloader'] if cfg.get('val_cfg') else []))
         launch.check_pretrained(cfg, resuming=bool(cfg.get('resume')))
-    except launch.LaunchError as e:
+    except (launch.LaunchError, DataError) as e:
         sys.exit(f'train.py: error: {e}')
     runner = launch.build_runner(cfg)
-    runner.train()
+    try:
+        runner.train()
+    except DataError as e:
+        sys.exit(f'train.py: error: {e.summary}')
     return runner
 
 

@@ -254,21 +254,100 @@ def _resolve_arch(arch: Union[str, Dict]) -> Dict:
     if isinstance(arch, str):
         key = ARCH_ALIASES.get(arch.lower(), arch.lower())
         if key not in ARCH_SETTINGS:
-            raise ValueError(
+            raise PaleConfigError(
                 f'PaleTransformer: unknown arch {arch!r}; choose one of '
                 f'{sorted(ARCH_SETTINGS)} or pass a dict with embed_dims, depths, num_heads')
         return dict(ARCH_SETTINGS[key])
     if not isinstance(arch, dict):
-        raise TypeError(f'PaleTransformer: arch must be a str or a dict, got {type(arch)}')
+        raise PaleConfigError(f'PaleTransformer: arch must be a str or a dict, got {type(arch)}')
     missing = {'embed_dims', 'depths', 'num_heads'} - set(arch)
     if missing:
-        raise ValueError(f'PaleTransformer: custom arch dict lacks {sorted(missing)}; it needs '
+        raise PaleConfigError(f'PaleTransformer: custom arch dict lacks {sorted(missing)}; it needs '
                          'embed_dims, depths and num_heads')
     extra = set(arch) - {'embed_dims', 'depths', 'num_heads'}
     if extra:
-        raise ValueError(f'PaleTransformer: custom arch dict has unknown keys {sorted(extra)}; '
+        raise PaleConfigError(f'PaleTransformer: custom arch dict has unknown keys {sorted(extra)}; '
                          'it takes embed_dims, depths and num_heads')
     return dict(arch)
+
+
+class PaleConfigError(ValueError):
+    """A PaleTransformer argument that cannot work; the message names it and the fix."""
+
+
+def check_args(arch: Union[str, Dict] = 'tiny', pale_size: Union[int, Sequence[int]] = 7,
+               out_indices: Sequence[int] = (0, 1, 2, 3), frozen_stages: int = -1,
+               in_channels: int = 3) -> Dict:
+    """Validate the structural arguments of :class:`PaleTransformer` without building it.
+
+    Returns:
+        dict with the resolved ``arch`` (embed_dims, depths, num_heads), ``dims``,
+        ``pale_sizes`` (one per stage) and ``out_indices`` (non-negative).
+
+    Raises:
+        PaleConfigError: naming the argument and what it must be.
+    """
+    arch = _resolve_arch(arch)
+    embed_dims = arch['embed_dims']
+    depths, num_heads = list(arch['depths']), list(arch['num_heads'])
+    num_stages = len(depths)
+    if len(num_heads) != num_stages:
+        raise PaleConfigError(
+            f'PaleTransformer: depths {depths} and num_heads {num_heads} must have one '
+            f'entry per stage (got {num_stages} and {len(num_heads)})')
+    dims = [embed_dims * 2**i for i in range(num_stages)]
+    for i, (d, h) in enumerate(zip(dims, num_heads)):
+        if h < 2 or h % 2 or d % h:
+            raise PaleConfigError(
+                f'PaleTransformer: stage {i} has {d} channels and {h} heads; heads must be '
+                'even (half attend rows, half columns) and divide the channels')
+    if isinstance(pale_size, int):
+        pale_sizes = [pale_size] * num_stages
+    else:
+        pale_sizes = list(pale_size)
+        if len(pale_sizes) != num_stages:
+            raise PaleConfigError(
+                f'PaleTransformer: pale_size {pale_size} needs one value per stage '
+                f'({num_stages}) or a single int')
+    for p in pale_sizes:
+        if not isinstance(p, int) or p < 1:
+            raise PaleConfigError(
+                f'PaleTransformer: pale_size must be a positive int, got {pale_size}')
+    if isinstance(out_indices, int):
+        out_indices = [out_indices]
+    resolved = [i + num_stages if isinstance(i, int) and i < 0 else i for i in out_indices]
+    for i in resolved:
+        if not isinstance(i, int) or not 0 <= i < num_stages:
+            raise PaleConfigError(
+                f'PaleTransformer: out_indices {tuple(out_indices)} out of range; the model '
+                f'has stages 0..{num_stages - 1} (strides 4, 8, 16, 32 for four stages)')
+    if not isinstance(frozen_stages, int) or not -1 <= frozen_stages <= num_stages:
+        raise PaleConfigError(
+            f'PaleTransformer: frozen_stages={frozen_stages} must lie in [-1, {num_stages}]')
+    if not isinstance(in_channels, int) or in_channels < 1:
+        raise PaleConfigError(
+            f'PaleTransformer: in_channels must be an int >= 1, got {in_channels}')
+    return dict(arch=arch, dims=dims, pale_sizes=pale_sizes, out_indices=resolved)
+
+
+def check_config(cfg: Dict) -> None:
+    """Validate a ``type='PaleTransformer'`` config dict: unknown argument names (with the
+    nearest known one) and the structural arguments, before anything is built."""
+    import difflib
+    import inspect
+    params = [n for n in inspect.signature(PaleTransformer.__init__).parameters
+              if n != 'self']
+    kwargs = {k: v for k, v in cfg.items() if k not in ('type', '_scope_')}
+    for name in kwargs:
+        if name not in params:
+            close = difflib.get_close_matches(name, params, n=1)
+            raise PaleConfigError(
+                f'PaleTransformer has no argument {name!r}'
+                + (f'; did you mean {close[0]!r}?' if close else '.')
+                + f' Its arguments: {", ".join(params)}')
+    check_args(**{k: v for k, v in kwargs.items()
+                  if k in ('arch', 'pale_size', 'out_indices', 'frozen_stages',
+                           'in_channels')})
 
 
 class PaleTransformer(BaseModule):
@@ -318,52 +397,19 @@ class PaleTransformer(BaseModule):
                  init_cfg: Dict = None):
         if pretrained is not None:
             if init_cfg is not None:
-                raise ValueError('PaleTransformer: set init_cfg or pretrained, not both')
+                raise PaleConfigError('PaleTransformer: set init_cfg or pretrained, not both')
             warnings.warn('PaleTransformer: `pretrained` is deprecated, use '
                           "init_cfg=dict(type='Pretrained', checkpoint=...)")
             init_cfg = dict(type='Pretrained', checkpoint=pretrained)
         super().__init__(init_cfg=init_cfg)
 
-        arch = _resolve_arch(arch)
+        checked = check_args(arch=arch, pale_size=pale_size, out_indices=out_indices,
+                             frozen_stages=frozen_stages, in_channels=in_channels)
+        arch, dims, pale_sizes, out_indices = (checked[k] for k in (
+            'arch', 'dims', 'pale_sizes', 'out_indices'))
         embed_dims, depths, num_heads = arch['embed_dims'], list(arch['depths']), list(
             arch['num_heads'])
         num_stages = len(depths)
-        if len(num_heads) != num_stages:
-            raise ValueError(
-                f'PaleTransformer: depths {depths} and num_heads {num_heads} must have one '
-                f'entry per stage (got {num_stages} and {len(num_heads)})')
-        dims = [embed_dims * 2**i for i in range(num_stages)]
-        for i, (d, h) in enumerate(zip(dims, num_heads)):
-            if h < 2 or h % 2 or d % h:
-                raise ValueError(
-                    f'PaleTransformer: stage {i} has {d} channels and {h} heads; heads must be '
-                    'even (half attend rows, half columns) and divide the channels')
-        if isinstance(pale_size, int):
-            pale_sizes = [pale_size] * num_stages
-        else:
-            pale_sizes = list(pale_size)
-            if len(pale_sizes) != num_stages:
-                raise ValueError(
-                    f'PaleTransformer: pale_size {pale_size} needs one value per stage '
-                    f'({num_stages}) or a single int')
-        for p in pale_sizes:
-            if not isinstance(p, int) or p < 1:
-                raise ValueError(
-                    f'PaleTransformer: pale_size must be a positive int, got {pale_size}')
-        if isinstance(out_indices, int):
-            out_indices = [out_indices]
-        out_indices = [i + num_stages if i < 0 else i for i in out_indices]
-        for i in out_indices:
-            if not 0 <= i < num_stages:
-                raise ValueError(
-                    f'PaleTransformer: out_indices {tuple(out_indices)} out of range; '
-                    f'the model has stages 0..{num_stages - 1}')
-        if not -1 <= frozen_stages <= num_stages:
-            raise ValueError(
-                f'PaleTransformer: frozen_stages={frozen_stages} must lie in '
-                f'[-1, {num_stages}]')
-        if in_channels < 1:
-            raise ValueError(f'PaleTransformer: in_channels must be >= 1, got {in_channels}')
 
         self.arch = arch
         self.embed_dims = embed_dims

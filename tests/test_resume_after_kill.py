@@ -1,0 +1,215 @@
+"""A crash must not cost the run: training killed with SIGKILL after a checkpoint and
+started again with --resume ends with exactly the weights of an uninterrupted run (UperNet
+and Mask R-CNN, deterministic CPU runs with a fixed seed); a process killed while writing a
+checkpoint leaves the earlier checkpoints intact; mmengine's deletion of old checkpoints
+waits for the new one."""
+import glob
+import os
+import os.path as osp
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from det_common import (LIGHT_HEADS, NO_VAL, ROOT, coco_data, data_options, torch_threads_env,
+                        write_small_config)
+from seg_common import small_seg_options
+
+from pale_mm.checkpoint import safe_load
+from pale_mm.data.synthetic_ade import make_ade
+
+TRAIN = osp.join(ROOT, 'tools', 'train.py')
+
+
+def _train_cmd(config, work_dir, options, resume=False):
+    return ([sys.executable, TRAIN, config, '--work-dir', str(work_dir)]
+            + (['--resume'] if resume else []) + ['--cfg-options', *options])
+
+
+def _run(cmd, timeout=600):
+    res = subprocess.run(cmd, cwd=ROOT, env=torch_threads_env(1), capture_output=True,
+                         text=True, timeout=timeout)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
+    return res
+
+
+def _run_and_kill_after_first_checkpoint(cmd, work_dir, timeout=600):
+    """Start training and SIGKILL it as soon as it has written a checkpoint."""
+    marker = osp.join(str(work_dir), 'last_checkpoint')
+    log = open(osp.join(str(work_dir) + '.killed.log'), 'w')
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=torch_threads_env(1), stdout=log,
+                            stderr=subprocess.STDOUT)
+    deadline = time.time() + timeout
+    try:
+        while not osp.exists(marker):
+            assert proc.poll() is None, f'training ended (rc {proc.returncode}) before a checkpoint'
+            assert time.time() < deadline, 'no checkpoint in time'
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        rc = proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    assert rc == -signal.SIGKILL, f'the run finished before it could be killed (rc {rc})'
+    with open(marker) as f:
+        return f.read().strip()
+
+
+def _assert_same_weights(path_a, path_b):
+    a, b = safe_load(path_a)['state_dict'], safe_load(path_b)['state_dict']
+    assert a.keys() == b.keys()
+    differ = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not differ, f'{len(differ)} of {len(a)} tensors differ, e.g. {differ[:5]}'
+
+
+def _kill_resume_compare(config, options, tmp_path, final_name, checkpoint_names):
+    """Uninterrupted run vs. killed-after-a-checkpoint + --resume; same final weights."""
+    straight, crashed = tmp_path / 'straight', tmp_path / 'crashed'
+    _run(_train_cmd(config, straight, options))
+    os.makedirs(crashed)
+    last = _run_and_kill_after_first_checkpoint(_train_cmd(config, crashed, options), crashed)
+    assert osp.basename(last) in checkpoint_names
+    assert not osp.exists(crashed / final_name)  # it really stopped early
+    res = _run(_train_cmd(config, crashed, options, resume=True))
+    log = res.stdout + res.stderr
+    assert f'Load checkpoint from {last}' in log and 'resumed epoch' in log, log[-3000:]
+    _assert_same_weights(straight / final_name, crashed / final_name)
+    # the resumed run did continue from the checkpoint (not from scratch)
+    meta = safe_load(crashed / final_name)['meta']
+    assert meta['iter'] == safe_load(straight / final_name)['meta']['iter']
+
+
+def test_segmentation_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
+    """UperNet (iteration-based): 12 iterations, a checkpoint and a validation every 4,
+    stochastic depth on, so that the random state matters."""
+    ade = make_ade(str(tmp_path / 'ade'), num_train=8, num_val=2, image_size=(64, 64),
+                   seed=0, num_classes=4)
+    options = small_seg_options(ade, 12, 12) + [
+        'model.backbone.drop_path_rate=0.2', 'train_cfg.val_interval=4',
+        'default_hooks.checkpoint.interval=4', 'visualizer.name=vis_resume']
+    config = osp.join(ROOT, 'configs/upernet/pale_t_ade20k.py')
+    _kill_resume_compare(config, options, tmp_path, 'iter_12.pth',
+                         {'iter_4.pth', 'iter_8.pth'})
+
+
+def test_detection_resume_after_sigkill_matches_uninterrupted_run(tmp_path_factory, tmp_path):
+    """Mask R-CNN (epoch-based): 3 epochs of 4 iterations, a checkpoint every epoch; the RPN
+    and RoI samplers and stochastic depth draw random numbers every iteration."""
+    info = coco_data(tmp_path_factory)
+    config = write_small_config(tmp_path)
+    options = data_options(info) + LIGHT_HEADS + [
+        'model.backbone.init_cfg=None', 'train_cfg.max_epochs=3', NO_VAL,
+        'param_scheduler.0.end=2', 'optim_wrapper.optimizer.lr=0.001', 'randomness.seed=0',
+        'default_hooks.checkpoint.interval=1']
+    _kill_resume_compare(config, options, tmp_path, 'epoch_3.pth',
+                         {'epoch_1.pth', 'epoch_2.pth'})
+
+
+KILL_MID_SAVE = r'''
+import io, os, sys, time
+import torch
+import pale_mm  # noqa: F401  (atomic saving)
+from mmengine.runner.checkpoint import save_checkpoint
+path, ready = sys.argv[1], sys.argv[2]
+real_save = torch.save
+
+def save_half_then_hang(obj, f):
+    buf = io.BytesIO()
+    real_save(obj, buf)
+    data = buf.getvalue()
+    f.write(data[:len(data) // 2])
+    f.flush()
+    open(ready, 'w').close()
+    time.sleep(600)  # killed here, half written
+
+torch.save = save_half_then_hang
+save_checkpoint({'state_dict': {'w': torch.full((1000,), 2.0)}}, path)
+'''
+
+
+def test_kill_while_saving_keeps_the_previous_checkpoint(tmp_path):
+    from pale_mm.launch import find_resume_checkpoint
+    work_dir = tmp_path / 'work'
+    work_dir.mkdir()
+    path = work_dir / 'epoch_1.pth'
+    torch.save({'state_dict': {'w': torch.full((1000,), 1.0)}}, path)
+    (work_dir / 'last_checkpoint').write_text(str(path))
+    ready = tmp_path / 'half_written'
+    proc = subprocess.Popen([sys.executable, '-c', KILL_MID_SAVE, str(path), str(ready)],
+                            cwd=ROOT)
+    deadline = time.time() + 120
+    while not ready.exists():
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    # the half-written data went to a temporary file, never to the checkpoint itself
+    leftovers = glob.glob(str(work_dir / '.epoch_1.pth.*.tmp'))
+    assert len(leftovers) == 1 and os.path.getsize(leftovers[0]) > 0
+    assert torch.equal(safe_load(path)['state_dict']['w'], torch.full((1000,), 1.0))
+    # --resume picks the intact checkpoint and clears the killed save's temporary file
+    with pytest.warns(UserWarning, match='unfinished save of a killed run'):
+        assert find_resume_checkpoint(str(work_dir)) == str(path)
+    assert not glob.glob(str(work_dir / '.*.tmp'))
+
+
+def test_resume_skips_an_incomplete_checkpoint(tmp_path):
+    """A truncated newest checkpoint (copied over incompletely, or written by a tool without
+    atomic saves) is passed over for the newest complete one."""
+    from pale_mm.launch import find_resume_checkpoint
+    good, bad = tmp_path / 'iter_4.pth', tmp_path / 'iter_8.pth'
+    torch.save({'state_dict': {'w': torch.ones(1000)}}, good)
+    torch.save({'state_dict': {'w': torch.ones(1000)}}, bad)
+    bad.write_bytes(bad.read_bytes()[:1000])
+    (tmp_path / 'last_checkpoint').write_text(str(bad))
+    with pytest.warns(UserWarning, match='missing or incomplete; resuming from .*iter_4.pth'):
+        assert find_resume_checkpoint(str(tmp_path)) == str(good)
+
+
+def test_old_checkpoint_is_deleted_only_after_the_new_one_is_saved(tmp_path, monkeypatch):
+    """max_keep_ckpts=1: mmengine deletes the only checkpoint before writing the next one; a
+    save that fails (disk full) would leave nothing. Here the old one stays."""
+    from mmengine.model import BaseModel
+    from mmengine.runner import Runner
+
+    import pale_mm.checkpoint as pc
+
+    class Toy(BaseModel):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(2))
+
+        def forward(self, inputs, data_samples=None, mode='tensor'):
+            loss = ((inputs @ self.w) - 1).pow(2).mean()
+            return {'loss': loss} if mode == 'loss' else [loss]
+
+    data = [dict(inputs=torch.ones(2)) for _ in range(4)]
+    runner = Runner(
+        model=Toy(), work_dir=str(tmp_path),
+        train_dataloader=dict(dataset=data, batch_size=2, sampler=dict(type='DefaultSampler'),
+                              collate_fn=dict(type='default_collate')),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1)),
+        train_cfg=dict(by_epoch=True, max_epochs=3),
+        default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=1,
+                                           max_keep_ckpts=1)),
+        default_scope='mmengine', experiment_name=f'keep1_{os.getpid()}')
+    real_save = pc.atomic_save
+    calls = []
+
+    def save_fails_on_third(obj, filename):
+        calls.append(filename)
+        if len(calls) == 3:
+            raise OSError(28, 'No space left on device')
+        real_save(obj, filename)
+
+    monkeypatch.setattr(pc, 'atomic_save', save_fails_on_third)
+    with pytest.raises(OSError, match='No space left'):
+        runner.train()
+    assert sorted(os.listdir(tmp_path / '')) and (tmp_path / 'epoch_2.pth').exists()
+    assert not (tmp_path / 'epoch_1.pth').exists()  # deleted once epoch_2 was written
+    assert not (tmp_path / 'epoch_3.pth').exists()
+    assert (tmp_path / 'last_checkpoint').read_text().endswith('epoch_2.pth')
+    assert safe_load(tmp_path / 'epoch_2.pth')['meta']['epoch'] == 2
