@@ -34,6 +34,10 @@ class UnsafeCheckpointError(pickle.UnpicklingError):
     """A checkpoint holds an object outside the allow-list; it was not loaded."""
 
 
+class CheckpointMismatchError(ValueError):
+    """A pretrained checkpoint does not fit the backbone; the message lists the keys."""
+
+
 def _numpy_globals() -> List:
     """numpy objects that pickled arrays, dtypes and scalars refer to."""
     found = [np.ndarray, np.dtype]
@@ -350,7 +354,7 @@ def load_pretrained_backbone(model: torch.nn.Module, filename: str,
     matched, missing, unexpected, mismatched = match_state_dict(model, state_dict)
     own = model.state_dict()
     if len(matched) < min_fraction * len(own):
-        raise ValueError(
+        raise CheckpointMismatchError(
             f'{name}: checkpoint {filename} does not fit this backbone: only '
             f'{len(matched)} of its {len(own)} entries were found. Missing: '
             f'{_preview(missing)}. Unexpected: {_preview(unexpected) or "none"}.'

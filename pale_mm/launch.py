@@ -14,6 +14,19 @@ class LaunchError(RuntimeError):
     """A problem with the config, data or checkpoints found before the run starts."""
 
 
+def run_errors() -> tuple:
+    """Errors a run can meet once started whose message says all (the file, the key, the
+    fix): the tools print them without a traceback."""
+    from .checkpoint import CheckpointMismatchError, UnsafeCheckpointError
+    from .data.checks import DataError
+    from .models.pale_transformer import PaleConfigError
+    return DataError, UnsafeCheckpointError, CheckpointMismatchError, PaleConfigError
+
+
+def error_text(e: BaseException) -> str:
+    return getattr(e, 'summary', None) or str(e)
+
+
 def load_config(path: str, cfg_options: Optional[dict] = None):
     """Read a config, apply ``--cfg-options`` and make sure ``pale_mm`` is imported."""
     from mmengine.config import Config

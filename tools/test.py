@@ -29,7 +29,6 @@ def parse_args(argv=None):
 
 def main(argv=None):
     from pale_mm import launch
-    from pale_mm.data.checks import DataError
     args = parse_args(argv)
     try:
         cfg = launch.prepare_run(args, train=False)
@@ -45,9 +44,12 @@ def main(argv=None):
         elif args.out and not args.out.endswith(('.pkl', '.pickle')):
             raise launch.LaunchError(f'--out must name a .pkl file, got {args.out}')
         launch.check_datasets(cfg, ['test_dataloader'])
-    except (launch.LaunchError, DataError) as e:
-        sys.exit(f'test.py: error: {e}')
-    runner = launch.build_runner(cfg)
+    except (launch.LaunchError, *launch.run_errors()) as e:
+        sys.exit(f'test.py: error: {launch.error_text(e)}')
+    try:
+        runner = launch.build_runner(cfg)
+    except launch.run_errors() as e:
+        sys.exit(f'test.py: error: {launch.error_text(e)}')
     # outputs are written under temporary names and renamed once complete
     launch.atomic_coco_results(runner)
     swap = None
@@ -57,8 +59,8 @@ def main(argv=None):
         runner.test_evaluator.metrics.append(launch.dump_metric(cfg.default_scope, args.out))
     try:
         metrics = runner.test()
-    except DataError as e:
-        sys.exit(f'test.py: error: {e.summary}')
+    except launch.run_errors() as e:
+        sys.exit(f'test.py: error: {launch.error_text(e)}')
     finally:
         if swap is not None and sys.exc_info()[0] is not None:
             swap.discard()

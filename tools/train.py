@@ -27,7 +27,6 @@ def parse_args(argv=None):
 
 def main(argv=None):
     from pale_mm import launch
-    from pale_mm.data.checks import DataError
     args = parse_args(argv)
     try:
         cfg = launch.prepare_run(args, train=True)
@@ -57,13 +56,13 @@ def main(argv=None):
         launch.check_datasets(cfg, ['train_dataloader'] +
                               (['val_dataloader'] if cfg.get('val_cfg') else []))
         launch.check_pretrained(cfg, resuming=bool(cfg.get('resume')))
-    except (launch.LaunchError, DataError) as e:
-        sys.exit(f'train.py: error: {e}')
-    runner = launch.build_runner(cfg)
+    except (launch.LaunchError, *launch.run_errors()) as e:
+        sys.exit(f'train.py: error: {launch.error_text(e)}')
     try:
+        runner = launch.build_runner(cfg)
         runner.train()
-    except DataError as e:
-        sys.exit(f'train.py: error: {e.summary}')
+    except launch.run_errors() as e:
+        sys.exit(f'train.py: error: {launch.error_text(e)}')
     return runner
 
 
