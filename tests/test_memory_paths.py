@@ -113,6 +113,63 @@ def test_gelu_linear_matches_plain(approximate, autocast):
     assert kept == h.numel() * h.element_size() + w.numel() * 4  # h and the weight
 
 
+@pytest.mark.parametrize('autocast', [False, True])
+def test_gelu_linear_in_chunks_matches_plain(autocast, monkeypatch):
+    """Several chunks of rows (the last one short), forward and backward."""
+    import pale_mm.models.low_memory as lm
+    monkeypatch.setattr(lm, 'CHUNK_BYTES', 64)  # 256 rows per chunk
+    g = torch.Generator().manual_seed(3)
+    h = torch.randn(3, 250, 32, generator=g, requires_grad=True)  # 750 rows: 3 chunks
+    w = torch.randn(16, 32, generator=g, requires_grad=True)
+    b = torch.randn(16, generator=g, requires_grad=True)
+    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+        plain = F.linear(F.gelu(h), w, b)
+        lean = gelu_linear(h, w, b)
+    assert lean.shape == plain.shape and lean.dtype == plain.dtype
+    torch.testing.assert_close(lean, plain, atol=0, rtol=0)
+    if not autocast:  # the weight gradient sums the rows chunk by chunk: float rounding
+        assert_same(grads_of(lean, (h, w, b)), grads_of(plain, (h, w, b)), atol=1e-4,
+                    rtol=1e-4)
+        return
+    # bfloat16: each chunk's weight-gradient product is rounded to bfloat16 before the
+    # (float32) sum; held to a float64 reference, the error stays that of bfloat16 rounding
+    exact = F.linear(F.gelu(h.double()), w.double(), b.double())
+    for got, plain_g, ref in zip(grads_of(lean, (h, w, b)), grads_of(plain, (h, w, b)),
+                                 grads_of(exact, (h, w, b))):
+        err, plain_err = (got.double() - ref).abs().max(), (plain_g.double() - ref).abs().max()
+        assert err <= 3 * plain_err + 1e-3 * ref.abs().max(), (err, plain_err)
+
+
+def test_chunked_mlp_matches_plain(monkeypatch):
+    import pale_mm.models.low_memory as lm
+    monkeypatch.setattr(lm, 'CHUNK_BYTES', 64)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 7, 41, 16, generator=g)  # 574 rows: chunks of 256, 256, 62
+    w1, b1 = torch.randn(64, 16, generator=g), torch.randn(64, generator=g)
+    w2, b2 = torch.randn(16, 64, generator=g), torch.randn(16, generator=g)
+    for bias1, bias2 in ((b1, b2), (None, None)):
+        out = lm.chunked_mlp(x, w1, bias1, w2, bias2)
+        torch.testing.assert_close(out, F.linear(F.gelu(F.linear(x, w1, bias1)), w2, bias2),
+                                   atol=1e-5, rtol=1e-5)
+        assert out.shape == x.shape
+
+
+def test_mlp_module_inference_uses_chunks_and_matches(monkeypatch):
+    """The Mlp module takes the chunked path at inference on the CPU, same values."""
+    import pale_mm.models.low_memory as lm
+    from pale_mm.models import pale_transformer as pt
+    calls = []
+    monkeypatch.setattr(pt, 'chunked_mlp', lambda *a, **k: calls.append(1) or
+                        lm.chunked_mlp(*a, **k))
+    mlp = pt.Mlp(16, 64, dict(type='GELU')).eval()
+    x = torch.randn(2, 9, 9, 16)
+    with torch.no_grad():
+        out = mlp(x)
+        plain = mlp.fc2(F.gelu(mlp.fc1(x)))
+    assert calls == [1]
+    torch.testing.assert_close(out, plain, atol=1e-5, rtol=1e-5)
+
+
 def test_gelu_linear_frozen_weight():
     h = torch.randn(7, 12, requires_grad=True)
     w = torch.randn(5, 12)

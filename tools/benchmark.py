@@ -5,7 +5,8 @@
 
 For each input size it times the backbone's forward (inference, ``torch.no_grad``, eval) and
 forward+backward (training step without the optimizer), median of ``--repeats`` runs after
-``--warmup`` runs, and measures the peak memory of one forward+backward: on a GPU with
+``--warmup`` runs, the two models taking turns step by step so that a machine whose speed
+drifts slows both alike (the ratio is the median of the per-round ratios), and measures the peak memory of one forward+backward: on a GPU with
 ``torch.cuda.max_memory_allocated``, on the CPU as the growth of the peak resident set of a
 fresh process (so allocations of every kind count). It prints a table with the ratio
 Pale/Swin, and the fraction of the machine's dense float32 multiply-accumulate rate
@@ -85,18 +86,32 @@ def _step(model, x, train, dtype, device):
             model(x)
 
 
-def time_model(model, x, train, args):
-    model.train(train)
-    times = []
+def time_models(models, x, train, args):
+    """Seconds per step of each model: the models take turns, step by step (in alternating
+    order), so that a machine whose speed drifts slows them alike. Returns the per-model
+    times and, per round, the ratio of the first model's time to the second's."""
+    for model in models.values():
+        model.train(train)
+    times = {name: [] for name in models}
+    ratios = []
+    names = list(models)
     for i in range(args.warmup + args.repeats):
-        model.zero_grad(set_to_none=True)
-        _sync(args.device)
-        t0 = time.perf_counter()
-        _step(model, x, train, args.dtype, args.device)
-        _sync(args.device)
+        order = names if i % 2 == 0 else names[::-1]
+        step = {}
+        for name in order:
+            model = models[name]
+            model.zero_grad(set_to_none=True)
+            _sync(args.device)
+            t0 = time.perf_counter()
+            _step(model, x, train, args.dtype, args.device)
+            _sync(args.device)
+            step[name] = time.perf_counter() - t0
         if i >= args.warmup:
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+            for name in names:
+                times[name].append(step[name])
+            if len(names) == 2:
+                ratios.append(step[names[0]] / step[names[1]])
+    return times, ratios
 
 
 def _rss_bytes():
@@ -168,17 +183,23 @@ def main(argv=None):
     for size in args.sizes:
         H, W = parse_size(size)
         x = torch.randn(args.batch, 3, H, W, device=args.device)
+        models = {}
         for name in args.models:
             torch.manual_seed(0)
-            model = build(name).to(args.device)
-            r = results.setdefault(size, {}).setdefault(name, {})
-            if 'forward' in args.modes:
-                r['forward_s'] = time_model(model, x, False, args)
-            if 'train' in args.modes:
-                r['train_s'] = time_model(model, x, True, args)
-            if 'memory' in args.modes:
-                r['peak_mib'] = measure_memory(name, size, args) / 2**20
-            del model
+            models[name] = build(name).to(args.device)
+        r = results.setdefault(size, {name: {} for name in args.models})
+        for mode, key in (('forward', 'forward_s'), ('train', 'train_s')):
+            if mode not in args.modes:
+                continue
+            times, ratios = time_models(models, x, mode == 'train', args)
+            for name in args.models:
+                r[name][key] = statistics.median(times[name])
+            if ratios:
+                r.setdefault('ratio', {})[key] = statistics.median(ratios)
+        del models
+        if 'memory' in args.modes:
+            for name in args.models:
+                r[name]['peak_mib'] = measure_memory(name, size, args) / 2**20
     # fraction of the dense matmul rate reached by Pale-T's forward at 512x512
     util = None
     us = str(args.util_size)
@@ -209,8 +230,9 @@ def main(argv=None):
     for size, r in results.items():
         row = [size] + [f"{r[m][key]:.3f}" if key != 'peak_mib' else f"{r[m][key]:.0f}"
                         for key, _ in cols for m in args.models]
-        if both:
-            row += [f"{r['pale_t'][key] / r['swin_t'][key]:.2f}" for key, _ in cols]
+        if both:  # timings: the median of the per-round ratios; memory: one probe each
+            row += [f"{r.get('ratio', {}).get(key, r['pale_t'][key] / r['swin_t'][key]):.2f}"
+                    for key, _ in cols]
         print('| ' + ' | '.join(row) + ' |')
     if util:
         print(f"\nPale-T forward at {us}x{us}: {util['pale_t_macs_per_s'] / 1e9:.1f} GMAC/s; "

@@ -27,7 +27,7 @@ from mmengine.model.weight_init import constant_init, trunc_normal_init
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .low_memory import gelu_linear, needs_backward, recomputed_input_linear
+from .low_memory import chunked_mlp, gelu_linear, needs_backward, recomputed_input_linear
 from .pale_attention import pale_attention_bands
 
 # Variants as a table (``../shared/pale_spec.md``): widths C, 2C, 4C, 8C.
@@ -169,7 +169,8 @@ class Mlp(nn.Module):
     """Linear -> act -> Linear. (..., C) -> (..., C).
 
     With GELU, training keeps fc1's output only (:func:`~pale_mm.models.low_memory.gelu_linear`)
-    and inference applies GELU in place.
+    and inference runs fc1, GELU (in place) and fc2 a chunk of tokens at a time
+    (:func:`~pale_mm.models.low_memory.chunked_mlp`).
     """
 
     def __init__(self, dims: int, hidden: int, act_cfg: Dict, drop: float = 0.):
@@ -180,15 +181,25 @@ class Mlp(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.fc1(x)  # (..., hidden)
+        fc1, fc2 = self.fc1, self.fc2
         gelu = isinstance(self.act, nn.GELU)
-        if not needs_backward(x, self.fc2.weight, self.fc2.bias):
-            if gelu and not self.fc1._forward_hooks and not torch.jit.is_tracing():
-                # inference: GELU in place on fc1's fresh output, sparing a large buffer
-                x = torch.ops.aten.gelu_(x, approximate=self.act.approximate)
-            else:
-                x = self.act(x)
-            return self.drop(self.fc2(self.drop(x)))
+        if not needs_backward(x, fc1.weight, fc1.bias, fc2.weight, fc2.bias):
+            # inference; FLOP counters (tracing) and hooks see the plain modules
+            fast = gelu and (self.drop.p == 0 or not self.training) and \
+                not torch.jit.is_tracing() and not (
+                    fc1._forward_hooks or fc1._forward_pre_hooks or fc2._forward_hooks or
+                    fc2._forward_pre_hooks)
+            if fast and x.device.type == 'cpu' and not torch.is_autocast_enabled('cpu') \
+                    and not torch.compiler.is_compiling():
+                # fc1 -> GELU (in place) -> fc2 a chunk of tokens at a time, without a
+                # whole-map hidden buffer
+                return chunked_mlp(x, fc1.weight, fc1.bias, fc2.weight, fc2.bias,
+                                   self.act.approximate)
+            x = fc1(x)  # (..., hidden)
+            if fast:  # GELU in place on fc1's fresh output, sparing a large buffer
+                return fc2(torch.ops.aten.gelu_(x, approximate=self.act.approximate))
+            return self.drop(fc2(self.drop(self.act(x))))
+        x = fc1(x)  # (..., hidden)
         if gelu and (self.drop.p == 0 or not self.training):
             # Keep only fc1's output, not GELU's as well (hidden channels per token).
             return self.drop(gelu_linear(x, self.fc2.weight, self.fc2.bias,
