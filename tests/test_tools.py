@@ -33,7 +33,7 @@ def test_benchmark_table(tmp_path, capsys):
     import benchmark
     out = tmp_path / 'bench.json'
     benchmark.main(['--sizes', '64', '96', '--batch', '1', '--repeats', '1', '--warmup', '0',
-                    '--util-size', '96', '--json', str(out)])
+                    '--rounds', '1', '--util-size', '96', '--json', str(out)])
     text = capsys.readouterr().out
     assert 'Pale/Swin' in text and 'fraction' in text
     data = json.loads(out.read_text())

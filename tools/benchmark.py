@@ -5,10 +5,12 @@
 
 For each input size it times the backbone's forward (inference, ``torch.no_grad``, eval) and
 forward+backward (training step without the optimizer), median of ``--repeats`` runs after
-``--warmup`` runs, the two models taking turns step by step so that a machine whose speed
-drifts slows both alike (the ratio is the median of the per-round ratios), and measures the peak memory of one forward+backward: on a GPU with
-``torch.cuda.max_memory_allocated``, on the CPU as the growth of the peak resident set of a
-fresh process (so allocations of every kind count). It prints a table with the ratio
+``--warmup`` runs in each of ``--rounds`` rounds, the two models taking turns block by block
+so that a machine whose speed drifts slows both alike (the ratio is the median of the
+per-round ratios), and measures the peak memory of one forward+backward: on a GPU with
+``torch.cuda.max_memory_allocated``, on the CPU as the growth of the peak resident set
+(VmHWM) of a fresh process over its size before the step (so allocations of every kind
+count). It prints a table with the ratio
 Pale/Swin, and the fraction of the machine's dense float32 multiply-accumulate rate
 (``torch.mm`` 2048x2048, same run) that Pale-T's forward reaches at 512x512.
 """
@@ -33,8 +35,11 @@ def parse_args(argv=None):
     parser.add_argument('--sizes', nargs='+', default=['224', '512', '800x1333'],
                         help='input sizes, S or HxW')
     parser.add_argument('--batch', type=int, default=2)
-    parser.add_argument('--repeats', type=int, default=5)
-    parser.add_argument('--warmup', type=int, default=1)
+    parser.add_argument('--repeats', type=int, default=3,
+                        help='timed steps per block (one model, consecutive steps)')
+    parser.add_argument('--warmup', type=int, default=1, help='untimed steps per block')
+    parser.add_argument('--rounds', type=int, default=2,
+                        help='blocks per model, the models taking turns')
     parser.add_argument('--device', default='cpu', help="'cpu' or 'cuda'")
     parser.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'],
                         help='bfloat16 runs under torch.autocast')
@@ -86,32 +91,36 @@ def _step(model, x, train, dtype, device):
             model(x)
 
 
-def time_models(models, x, train, args):
-    """Seconds per step of each model: the models take turns, step by step (in alternating
-    order), so that a machine whose speed drifts slows them alike. Returns the per-model
-    times and, per round, the ratio of the first model's time to the second's."""
-    for model in models.values():
-        model.train(train)
-    times = {name: [] for name in models}
-    ratios = []
-    names = list(models)
+def _time_block(model, x, train, args):
+    """Median seconds of ``--repeats`` steps of one model, after ``--warmup`` steps."""
+    model.train(train)
+    times = []
     for i in range(args.warmup + args.repeats):
-        order = names if i % 2 == 0 else names[::-1]
-        step = {}
-        for name in order:
-            model = models[name]
-            model.zero_grad(set_to_none=True)
-            _sync(args.device)
-            t0 = time.perf_counter()
-            _step(model, x, train, args.dtype, args.device)
-            _sync(args.device)
-            step[name] = time.perf_counter() - t0
+        model.zero_grad(set_to_none=True)
+        _sync(args.device)
+        t0 = time.perf_counter()
+        _step(model, x, train, args.dtype, args.device)
+        _sync(args.device)
         if i >= args.warmup:
-            for name in names:
-                times[name].append(step[name])
-            if len(names) == 2:
-                ratios.append(step[names[0]] / step[names[1]])
-    return times, ratios
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def time_models(models, x, train, args):
+    """Seconds per step of each model, over ``--rounds`` rounds. In a round each model runs
+    a block of steps of its own (warm-up, then the timed ones), as in a training loop; the
+    order of the blocks alternates from round to round, so that a machine whose speed drifts
+    slows both alike. Returns each model's median over the rounds and the median of the
+    per-round ratios first model / second model."""
+    names = list(models)
+    per_round = {name: [] for name in names}
+    ratios = []
+    for r in range(args.rounds):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            per_round[name].append(_time_block(models[name], x, train, args))
+        if len(names) == 2:
+            ratios.append(per_round[names[0]][-1] / per_round[names[1]][-1])
+    return {name: statistics.median(t) for name, t in per_round.items()}, ratios
 
 
 def _rss_bytes():
@@ -119,10 +128,28 @@ def _rss_bytes():
         return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
 
 
+def _peak_rss_bytes():
+    """This process's peak resident set (VmHWM). Unlike ``getrusage``'s ``ru_maxrss``, it
+    starts afresh at ``exec``: a probe started by a large parent does not inherit the
+    parent's size."""
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith('VmHWM:'):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError('no VmHWM in /proc/self/status')
+
+
+def _reset_peak_rss() -> None:
+    """Start the peak (VmHWM) again from the current resident set (Linux >= 4.0)."""
+    try:
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')
+    except OSError:  # older kernels: the peak then includes the set-up's
+        pass
+
+
 def memory_probe(args):
     """In a fresh process: peak memory growth of one forward+backward."""
-    import resource
-
     import torch
     name, size = args.memory_probe.split(':')
     H, W = parse_size(size)
@@ -136,8 +163,9 @@ def memory_probe(args):
         peak = torch.cuda.max_memory_allocated() - base
     else:
         base = _rss_bytes()
+        _reset_peak_rss()
         _step(model, x, True, args.dtype, args.device)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+        peak = _peak_rss_bytes() - base
     print(json.dumps({'peak_bytes': peak}))
 
 
@@ -180,6 +208,7 @@ def main(argv=None):
 
     from pale_mm.analysis import complexity
     results = {}
+    rate = None
     for size in args.sizes:
         H, W = parse_size(size)
         x = torch.randn(args.batch, 3, H, W, device=args.device)
@@ -193,9 +222,11 @@ def main(argv=None):
                 continue
             times, ratios = time_models(models, x, mode == 'train', args)
             for name in args.models:
-                r[name][key] = statistics.median(times[name])
+                r[name][key] = times[name]
             if ratios:
                 r.setdefault('ratio', {})[key] = statistics.median(ratios)
+            if mode == 'forward' and size == str(args.util_size):
+                rate = mm_rate(args.device)  # right after, on the machine as it is now
         del models
         if 'memory' in args.modes:
             for name in args.models:
@@ -206,7 +237,6 @@ def main(argv=None):
     if 'pale_t' in args.models and 'forward' in args.modes and us in results:
         model = build('pale_t').eval()
         macs = complexity(model, torch.randn(1, 3, args.util_size, args.util_size))['macs']
-        rate = mm_rate(args.device)
         util = dict(size=args.util_size,
                     pale_t_macs_per_s=macs * args.batch / results[us]['pale_t']['forward_s'],
                     mm_macs_per_s=rate)
@@ -215,7 +245,8 @@ def main(argv=None):
     device = (torch.cuda.get_device_name() if args.device.startswith('cuda') else
               f'{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads')
     print(f'\ndevice: {args.device} ({device}); dtype {args.dtype}; batch {args.batch}; '
-          f'median of {args.repeats} after {args.warmup} warm-up; torch {torch.__version__}')
+          f'{args.rounds} rounds of {args.repeats} timed steps after {args.warmup} warm-up '
+          f'per model; torch {torch.__version__}')
     cols = [('forward_s', 'forward (s)'), ('train_s', 'fwd+bwd (s)'),
             ('peak_mib', 'fwd+bwd peak (MiB)')]
     cols = [c for c in cols if any(c[0] in r.get(m, {}) for r in results.values()
