@@ -177,7 +177,10 @@ def remove_stale_tmp_files(folder: str) -> List[str]:
         except PermissionError:  # another user's live process
             alive = True
         if not alive:
-            os.unlink(path)
+            try:
+                os.unlink(path)
+            except FileNotFoundError:  # another process of the run removed it first
+                continue
             removed.append(path)
     return removed
 
