@@ -16,3 +16,23 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 def tiny_arch():
     """A small custom arch: fast enough to run many times in the tests."""
     return dict(embed_dims=16, depths=(1, 1, 2, 1), num_heads=(2, 2, 4, 4))
+
+
+@pytest.fixture(scope='module')
+def one_torch_thread():
+    """For modules that train tiny models: one thread is as fast on an idle machine and many
+    times faster on a busy one (two threads wait on each other at every small op)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def optimizer_settings_of_each_parameter(model, optim_wrapper_cfg):
+    """{parameter name: its param group's settings (lr, weight_decay, ...)} in the optimizer
+    that ``optim_wrapper_cfg`` builds for ``model``."""
+    from mmengine.optim import build_optim_wrapper
+    wrapper = build_optim_wrapper(model, optim_wrapper_cfg)
+    names = {id(p): n for n, p in model.named_parameters()}
+    return {names[id(p)]: {k: v for k, v in group.items() if k != 'params'}
+            for group in wrapper.optimizer.param_groups for p in group['params']}

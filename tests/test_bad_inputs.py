@@ -29,12 +29,7 @@ ADE_CONFIG = osp.join(ROOT, 'configs/upernet/pale_t_ade20k.py')
 NUM_CLASSES = 4
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 @pytest.fixture(scope='module')

@@ -21,12 +21,7 @@ PAPER = {'t': (21.8, 4.2), 's': (48.3, 9.0), 'b': (85.4, 15.6)}
 EPOCHS = 2
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 def _config(variant, options=None):
@@ -83,18 +78,14 @@ def test_recipe():
 
 
 def test_no_weight_decay_on_norms_biases_and_position_encodings():
-    from mmengine.optim import build_optim_wrapper
+    from conftest import optimizer_settings_of_each_parameter
     from mmpretrain.registry import MODELS
     cfg = _config('t', {'model.backbone.arch': dict(_delete_=True, embed_dims=16,
                                                     depths=[1, 1, 1, 1], num_heads=[2, 2, 2, 2]),
                         'model.head.in_channels': 128})
     model = MODELS.build(cfg.model)
-    wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
-    decay = {}
-    names = {id(p): n for n, p in model.named_parameters()}
-    for group in wrapper.optimizer.param_groups:
-        for p in group['params']:
-            decay[names[id(p)]] = group['weight_decay']
+    decay = {n: g['weight_decay'] for n, g in
+             optimizer_settings_of_each_parameter(model, cfg.optim_wrapper).items()}
     assert decay['backbone.stages.0.blocks.0.cpe.weight'] == 0
     assert decay['backbone.stages.0.blocks.0.norm1.norm.weight'] == 0
     assert decay['backbone.stages.0.blocks.0.attn.q.pw.bias'] == 0

@@ -68,15 +68,11 @@ def test_detector_builds_and_neck_fits_backbone(variant):
 
 
 def test_no_weight_decay_on_norms_and_position_encodings():
+    from conftest import optimizer_settings_of_each_parameter
     from mmdet.registry import MODELS
-    from mmengine.optim import build_optim_wrapper
     cfg = _config('pale_t_coco_1x.py', {'model.backbone.init_cfg': None})
     model = MODELS.build(cfg.model)
-    optim = build_optim_wrapper(model, cfg.optim_wrapper).optimizer
-    decay = {}
-    for group in optim.param_groups:
-        for p in group['params']:
-            decay[id(p)] = group['weight_decay']
+    groups = optimizer_settings_of_each_parameter(model, cfg.optim_wrapper)
     names = dict(model.named_parameters())
     checked = {'norm': 0, 'bn': 0, 'cpe': 0, 'other': 0}
     for name, p in names.items():
@@ -88,10 +84,10 @@ def test_no_weight_decay_on_norms_and_position_encodings():
             kind, want = 'cpe', 0.
         else:
             kind, want = 'other', 0.05
-        assert decay[id(p)] == want, name
+        assert groups[name]['weight_decay'] == want, name
         checked[kind] += 1
     assert all(checked.values()), checked
-    assert all(g['lr'] == 1e-4 for g in optim.param_groups)
+    assert all(g['lr'] == 1e-4 for g in groups.values())
 
 
 def test_3x_schedule_trains_at_shorter_sides_480_to_800(tmp_path_factory):

@@ -103,7 +103,7 @@ def test_model_builds_and_heads_fit(arch):
 
 
 def test_no_weight_decay_on_norms_and_position_encodings():
-    from mmengine.optim import build_optim_wrapper
+    from conftest import optimizer_settings_of_each_parameter
     from mmengine.registry import init_default_scope
     from mmseg.registry import MODELS
     cfg = _load('tiny')
@@ -113,12 +113,8 @@ def test_no_weight_decay_on_norms_and_position_encodings():
     cfg.model.auxiliary_head.update(in_channels=64, channels=16)
     init_default_scope('mmseg')
     model = MODELS.build(cfg.model)
-    wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
-    decay = {}
-    names = {id(p): n for n, p in model.named_parameters()}
-    for group in wrapper.optimizer.param_groups:
-        for p in group['params']:
-            decay[names[id(p)]] = group['weight_decay']
+    decay = {n: g['weight_decay'] for n, g in
+             optimizer_settings_of_each_parameter(model, cfg.optim_wrapper).items()}
     assert decay['backbone.stages.0.blocks.0.cpe.weight'] == 0
     assert decay['backbone.stages.1.blocks.0.norm1.norm.weight'] == 0
     assert decay['backbone.norm3.norm.bias'] == 0

@@ -56,14 +56,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    """These models are tiny: one thread is as fast on an idle machine and many times faster
-    on a busy one (two threads wait on each other at every small op)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 @pytest.fixture(scope='module')
