@@ -119,7 +119,7 @@ _mmengine_local_loader.__name__ = 'load_from_local'
 TMP_SUFFIX = '.tmp'
 
 
-def _tmp_name(filename: str) -> str:
+def tmp_path_beside(filename: str) -> str:
     """``dir/.name.<pid>.<random>.tmp``: beside the destination (same file system, so the
     rename is atomic), hidden, and naming the process that writes it."""
     folder, base = osp.split(filename)
@@ -134,7 +134,7 @@ def atomic_write(filename: str, write) -> None:
     filename = osp.realpath(osp.expanduser(str(filename)))  # replace a link's target
     folder = osp.dirname(filename)
     os.makedirs(folder, exist_ok=True)
-    tmp = _tmp_name(filename)
+    tmp = tmp_path_beside(filename)
     try:
         with open(tmp, 'xb') as f:
             write(f)

@@ -139,19 +139,15 @@ class DataCheckHook(Hook):
 
     priority = 'VERY_HIGH'
 
-    @staticmethod
-    def _wrap(dataloader) -> None:
-        wrap_dataset_pipelines(dataloader.dataset)
-
     def before_train(self, runner) -> None:
-        self._wrap(runner.train_dataloader)
+        wrap_dataset_pipelines(runner.train_dataloader.dataset)
         self._check_heads(runner)
 
     def before_val(self, runner) -> None:
-        self._wrap(runner.val_dataloader)
+        wrap_dataset_pipelines(runner.val_dataloader.dataset)
 
     def before_test(self, runner) -> None:
-        self._wrap(runner.test_dataloader)
+        wrap_dataset_pipelines(runner.test_dataloader.dataset)
 
     @staticmethod
     def _check_heads(runner) -> None:

@@ -231,7 +231,9 @@ def _is_remote(path: str) -> bool:
 
 
 def check_datasets(cfg, loaders) -> None:
-    """Fail at once, naming the missing path, the expected layout and the option to change."""
+    """Fail at once, naming the missing path, the expected layout and the option to change,
+    or what is wrong inside the annotation files (:mod:`pale_mm.data.checks`)."""
+    from .data.checks import DataError, check_dataset_files
     for loader in loaders:
         loader_cfg = cfg.get(loader)
         if not loader_cfg or 'dataset' not in loader_cfg:
@@ -265,6 +267,11 @@ def check_datasets(cfg, loaders) -> None:
                         + f'Put the data there (a symlink will do), or point the config '
                         f'elsewhere with --cfg-options {loader}.dataset.data_root=/path/to/data '
                         '(for wrapped datasets, the inner dataset\'s data_root).')
+            # what the files hold: valid annotation files, listed images, label maps
+            try:
+                check_dataset_files(ds, f'{loader}.dataset', cfg.get('default_scope'))
+            except DataError as e:
+                raise LaunchError(e.summary) from None
         # evaluators that read the annotations themselves (CocoMetric's ann_file)
         evaluator_key = loader.replace('_dataloader', '_evaluator')
         evaluators = cfg.get(evaluator_key) or []
@@ -276,12 +283,6 @@ def check_datasets(cfg, loaders) -> None:
                     f'annotation file not found: {ann} ({key}.ann_file, read by the '
                     f"{ev.get('type')} metric). Point it at the annotations of "
                     f'{loader}.dataset with --cfg-options {key}.ann_file=/path/to/ann.json')
-    # what the files hold: valid annotation files, listed images on disk, label maps
-    from .data.checks import DataError, check_annotation_files
-    try:
-        check_annotation_files(cfg, loaders, _innermost_datasets)
-    except DataError as e:
-        raise LaunchError(e.summary) from None
 
 
 def _pretrained_checkpoints(model_cfg, prefix='model'):
@@ -349,20 +350,19 @@ def find_resume_checkpoint(work_dir: str) -> Optional[str]:
     killed saves are removed."""
     import warnings
 
+    from mmengine.runner import find_latest_checkpoint
+
     from .checkpoint import is_complete_checkpoint, remove_stale_tmp_files
     if not osp.isdir(work_dir):
         return None
     for path in remove_stale_tmp_files(work_dir):
         warnings.warn(f'removed {path}, the unfinished save of a killed run')
-    named = None
     marker = osp.join(work_dir, 'last_checkpoint')
-    if osp.isfile(marker):
-        with open(marker) as f:
-            named = f.read().strip() or None
-        if named and not osp.isabs(named) and not osp.exists(named):
-            named = osp.join(work_dir, osp.basename(named))
-        if named and is_complete_checkpoint(named):
-            return named
+    named = find_latest_checkpoint(work_dir) or None  # what last_checkpoint names
+    if named and not osp.isabs(named) and not osp.exists(named):
+        named = osp.join(work_dir, osp.basename(named))
+    if named and is_complete_checkpoint(named):
+        return named
     for path in _checkpoints_in(work_dir):
         if is_complete_checkpoint(path):
             if named:
@@ -443,13 +443,13 @@ def dump_metric(scope: str, out_file: str):
     else:
         from mmengine.evaluator import DumpResults as base
 
+    from .checkpoint import tmp_path_beside
+
     class AtomicDump(base):
         def compute_metrics(self, results):
-            import uuid
             final = self.out_file_path
-            folder, name = osp.split(osp.abspath(final))
-            os.makedirs(folder, exist_ok=True)
-            tmp = osp.join(folder, f'.{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.pkl')
+            os.makedirs(osp.dirname(osp.abspath(final)), exist_ok=True)
+            tmp = tmp_path_beside(osp.abspath(final)) + '.pkl'  # the suffix picks pickle
             self.out_file_path = tmp
             try:
                 metrics = super().compute_metrics(results)
@@ -466,16 +466,15 @@ def dump_metric(scope: str, out_file: str):
 def atomic_coco_results(runner) -> None:
     """mmdet's CocoMetric writes its result files (``outfile_prefix``.bbox.json, .segm.json)
     in place; here into temporary names, renamed once each file is complete."""
+    from .checkpoint import tmp_path_beside
     for metric in getattr(runner.test_evaluator, 'metrics', []):
         if not hasattr(metric, 'results2json') or getattr(metric, '_pale_atomic', False):
             continue
         original = metric.results2json
 
         def results2json(results, outfile_prefix, _original=original):
-            import uuid
-            folder, name = osp.split(osp.abspath(outfile_prefix))
-            os.makedirs(folder, exist_ok=True)
-            tmp_prefix = osp.join(folder, f'.{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}')
+            os.makedirs(osp.dirname(osp.abspath(outfile_prefix)), exist_ok=True)
+            tmp_prefix = tmp_path_beside(osp.abspath(outfile_prefix))
             files = _original(results, tmp_prefix)
             for key, path in list(files.items()):
                 final = outfile_prefix + path[len(tmp_prefix):]

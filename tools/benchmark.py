@@ -10,9 +10,9 @@ so that a machine whose speed drifts slows both alike (the ratio is the median o
 per-round ratios), and measures the peak memory of one forward+backward: on a GPU with
 ``torch.cuda.max_memory_allocated``, on the CPU as the growth of the peak resident set
 (VmHWM) of a fresh process over its size before the step (so allocations of every kind
-count). It prints a table with the ratio
-Pale/Swin, and the fraction of the machine's dense float32 multiply-accumulate rate
-(``torch.mm`` 2048x2048, same run) that Pale-T's forward reaches at 512x512.
+count). It prints a table with the ratio Pale/Swin, and the fraction of the machine's dense
+float32 multiply-accumulate rate (``torch.mm`` 2048x2048, measured right after) that Pale-T's
+forward reaches at 512x512.
 """
 import argparse
 import json

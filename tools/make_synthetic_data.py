@@ -1,5 +1,5 @@
-"""Write a small synthetic dataset in the COCO, ADE20K or ImageNet layout, deterministic from a seed,
-and print the ``--cfg-options`` that point this project's configs at it.
+"""Write a small synthetic dataset in the COCO, ADE20K or ImageNet layout, deterministic from
+a seed, and print the ``--cfg-options`` that point this project's configs at it.
 
     python tools/make_synthetic_data.py coco data/synthetic_coco
     python tools/train.py configs/mask_rcnn/pale_t_coco_1x.py --cfg-options <printed options>

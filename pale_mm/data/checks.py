@@ -2,10 +2,10 @@
 
 Two kinds:
 
-* before a run (:func:`check_annotation_files`, called by the tools): annotation files that
-  are not valid JSON or lack ``images``/``annotations``/``categories``; images listed in an
-  annotation file (or in an mmpretrain ``meta/*.txt`` list) that are missing on disk;
-  segmentation images without their label map.
+* before a run (:func:`check_dataset_files`, called by the tools for each dataset):
+  annotation files that are not valid JSON or lack ``images``/``annotations``/``categories``;
+  images listed in an annotation file (or in an mmpretrain ``meta/*.txt`` list) that are
+  missing on disk; segmentation images without their label map.
 * while a run reads its samples (:class:`CheckedPipeline`, installed by
   :class:`pale_mm.hooks.DataCheckHook`): a file that disappeared or cannot be decoded, and
   label maps holding values outside the dataset's classes (which would otherwise surface as
@@ -155,7 +155,7 @@ def check_list_dataset(ds: Dict, where: str) -> None:
     img_dir = _join(root, prefix)
     files = []
     with open(ann) as f:
-        for n, line in enumerate(f, 1):
+        for line in f:
             if line.strip():
                 files.append(osp.join(img_dir, line.strip().rsplit(' ', 1)[0]))
     missing = _missing_files(files)
@@ -164,24 +164,17 @@ def check_list_dataset(ds: Dict, where: str) -> None:
                         f'under {img_dir}: {_listing(missing)}')
 
 
-def check_annotation_files(cfg, loaders: Iterable[str], innermost) -> None:
-    """The pre-run checks for the datasets of ``loaders`` (see the module docstring)."""
-    scope = cfg.get('default_scope')
-    for loader in loaders:
-        loader_cfg = cfg.get(loader)
-        if not loader_cfg or 'dataset' not in loader_cfg:
-            continue
-        for ds in innermost(loader_cfg['dataset']):
-            where = f'{loader}.dataset'
-            ann = ds.get('ann_file') or ''
-            if '://' in str(ds.get('data_root') or '') + str(ann):
-                continue
-            if scope == 'mmdet' and str(ann).endswith('.json'):
-                check_coco_dataset(ds, where)
-            elif scope == 'mmseg' and not ann:
-                check_seg_dataset(ds, where, scope)
-            elif scope == 'mmpretrain':
-                check_list_dataset(ds, where)
+def check_dataset_files(ds: Dict, where: str, scope: str) -> None:
+    """The pre-run checks for one (innermost) dataset config (see the module docstring)."""
+    ann = ds.get('ann_file') or ''
+    if '://' in str(ds.get('data_root') or '') + str(ann):
+        return
+    if scope == 'mmdet' and str(ann).endswith('.json'):
+        check_coco_dataset(ds, where)
+    elif scope == 'mmseg' and not ann:
+        check_seg_dataset(ds, where, scope)
+    elif scope == 'mmpretrain':
+        check_list_dataset(ds, where)
 
 
 # ---------------------------------------------------------------------------------------

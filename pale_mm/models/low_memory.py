@@ -118,7 +118,7 @@ def recomputed_input_linear(fn: Callable, inputs: Sequence[Optional[Tensor]], we
 # Rows per chunk of the hidden (GELU) activations: about 4 MiB of float32 at a time. A chunk
 # stays in cache between the GELU and the product that reads it, and its buffer is reused by
 # the allocator, where a whole-map buffer (33 MiB for Pale-T's first stage at 512x512, batch 2)
-# is a fresh mapping every time, paid for with page faults. Measured on 2 CPU cores: the
+# is a fresh mapping every time, paid for with page faults. Timed once on 2 CPU cores: the
 # inference MLP of Pale-T's first stage at 512x512 takes 27 ms instead of 43 ms.
 CHUNK_BYTES = 4 << 20
 

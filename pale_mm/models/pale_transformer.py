@@ -273,12 +273,12 @@ def _resolve_arch(arch: Union[str, Dict]) -> Dict:
         raise PaleConfigError(f'PaleTransformer: arch must be a str or a dict, got {type(arch)}')
     missing = {'embed_dims', 'depths', 'num_heads'} - set(arch)
     if missing:
-        raise PaleConfigError(f'PaleTransformer: custom arch dict lacks {sorted(missing)}; it needs '
-                         'embed_dims, depths and num_heads')
+        raise PaleConfigError(f'PaleTransformer: custom arch dict lacks {sorted(missing)}; it '
+                              'needs embed_dims, depths and num_heads')
     extra = set(arch) - {'embed_dims', 'depths', 'num_heads'}
     if extra:
-        raise PaleConfigError(f'PaleTransformer: custom arch dict has unknown keys {sorted(extra)}; '
-                         'it takes embed_dims, depths and num_heads')
+        raise PaleConfigError(f'PaleTransformer: custom arch dict has unknown keys '
+                              f'{sorted(extra)}; it takes embed_dims, depths and num_heads')
     return dict(arch)
 
 
