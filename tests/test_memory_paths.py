@@ -183,7 +183,8 @@ def plain_sepconv(m, x):
     return m.pw(m.bn(m.dw(x)).permute(0, 2, 3, 1))
 
 
-@pytest.mark.parametrize('mode', ['train', 'eval', 'eval_no_grad', 'momentum_none'])
+@pytest.mark.parametrize('mode', ['train', 'eval', 'eval_no_grad', 'momentum_none',
+                                  'frozen_bn', 'frozen_dw'])
 def test_sepconv_projection_matches_plain(mode):
     torch.manual_seed(0)
     lean = SepConvProjection(16)
@@ -194,6 +195,9 @@ def test_sepconv_projection_matches_plain(mode):
         lean.bn.bias.normal_()
     if mode == 'momentum_none':
         lean.bn.momentum = None
+    frozen = {'frozen_bn': lean.bn, 'frozen_dw': lean.dw}.get(mode)
+    if frozen is not None:  # only some inputs of the hand-written backward need gradients
+        frozen.requires_grad_(False)
     lean.train(mode != 'eval' and mode != 'eval_no_grad')
     plain = copy.deepcopy(lean)
     x = torch.randn(2, 11, 9, 16).permute(0, 3, 1, 2).requires_grad_()  # channels-last
@@ -204,12 +208,26 @@ def test_sepconv_projection_matches_plain(mode):
         return
     out_lean, out_plain = lean(x), plain_sepconv(plain, x)
     torch.testing.assert_close(out_lean, out_plain, atol=0, rtol=0)
-    params = lambda m: [x] + list(m.parameters())  # noqa: E731
+    params = lambda m: [x] + [p for p in m.parameters() if p.requires_grad]  # noqa: E731
     assert_same(grads_of(out_lean, params(lean)), grads_of(out_plain, params(plain)),
                 atol=1e-5, rtol=1e-5)
     # running statistics moved once, as the plain BatchNorm's did (or not at all in eval)
     for (name, a), (_, b) in zip(lean.bn.named_buffers(), plain.bn.named_buffers()):
         assert torch.equal(a, b), name
+
+
+def test_hand_written_backwards_run_without_nested_autograd(monkeypatch):
+    """In float32 the projections' and the output projection's backward are the hand-written
+    ones (HandBackward), not a nested autograd pass; they match plain autograd above."""
+    m = PaleAttention(32, 4, pale_size=7).train()
+    x = torch.randn(2, 10, 16, 32, requires_grad=True)
+    out = m(x)
+
+    def nested(*args, **kwargs):
+        raise AssertionError('nested autograd pass in a hand-written backward')
+    monkeypatch.setattr(torch.autograd, 'grad', nested)
+    out.sum().backward()
+    assert x.grad is not None and all(p.grad is not None for p in m.parameters())
 
 
 def test_sepconv_projection_keeps_less():

@@ -44,6 +44,49 @@ def test_benchmark_table(tmp_path, capsys):
     assert 0 < data['utilisation']['fraction']
 
 
+def test_benchmark_profile(tmp_path, capsys):
+    """``--modes profile``: each model's step split by kind of operator; Pale-T's attention
+    is the fused kernel, Swin-T's a softmax between matrix products."""
+    import benchmark
+    out = tmp_path / 'prof.json'
+    benchmark.main(['--sizes', '64', '--batch', '1', '--warmup', '1', '--modes', 'profile',
+                    '--json', str(out)])
+    assert 'where the time goes at 64' in capsys.readouterr().out
+    prof = json.loads(out.read_text())['results']['64']['profile']
+    for mode in ('forward', 'train'):
+        pale, swin = prof['pale_t'][mode], prof['swin_t'][mode]
+        assert set(pale) <= {k for k, _ in benchmark.OP_KINDS} | {benchmark.OTHER_KIND}
+        assert pale['fused attention'] > 0 and pale['matrix products'] > 0
+        assert pale['convolutions'] > 0  # the depthwise Q/K/V and position convs
+        assert swin.get('fused attention', 0) == 0 and swin['softmax'] > 0
+    # the backward adds time to every model
+    for m in ('pale_t', 'swin_t'):
+        assert sum(prof[m]['train'].values()) > sum(prof[m]['forward'].values())
+
+
+def test_benchmark_op_kinds():
+    import benchmark
+    kinds = {name: benchmark.op_kind(name) for name in (
+        'aten::addmm', 'aten::_scaled_dot_product_flash_attention_for_cpu_backward',
+        'aten::_softmax_backward_data', 'aten::convolution_backward',
+        'aten::native_batch_norm', 'aten::gelu_backward', 'aten::copy_', 'aten::add_',
+        '_RecomputedInputLinearBackward')}
+    assert list(kinds.values()) == [
+        'matrix products', 'fused attention', 'softmax', 'convolutions', 'norms', 'GELU',
+        'copies, fills, pads', 'other tensor ops', benchmark.OTHER_KIND]
+
+
+def test_attention_floor(capsys):
+    """The floor tool times the real stage-1 band: at 64x64 the 16x16 map has 3 row groups
+    of 6, 5 and 5 rows, the largest band being the two 5-row groups of 80 tokens."""
+    import attention_floor
+    r = attention_floor.main(['--size', '64', '--batch', '1', '--repeats', '1'])
+    assert r['shape'] == (2, 1, 80, 32)
+    assert min(r['forward_s'], r['train_s'], r['products_s'], r['exp_s']) > 0
+    assert r['train_s'] > r['forward_s']
+    assert 'kernel forward / parts' in capsys.readouterr().out
+
+
 @pytest.mark.parametrize('layout,ann', [('coco', 'annotations/instances_val2017.json'),
                                         ('ade', 'annotations/validation'),
                                         ('imagenet', 'meta/val.txt')])

@@ -13,6 +13,12 @@ per-round ratios), and measures the peak memory of one forward+backward: on a GP
 count). It prints a table with the ratio Pale/Swin, and the fraction of the machine's dense
 float32 multiply-accumulate rate (``torch.mm`` 2048x2048, measured right after) that Pale-T's
 forward reaches at 512x512.
+
+``--modes profile`` adds where the time goes: one step of each model under
+``torch.profiler`` (after a warm-up), each operator's own time summed by kind (matrix products,
+the fused attention kernel, convolutions, norms, copies, ...), for the forward and the
+forward+backward. The profiler's own overhead makes these steps a little slower than the
+timed ones.
 """
 import argparse
 import json
@@ -46,7 +52,7 @@ def parse_args(argv=None):
     parser.add_argument('--threads', type=int, default=None,
                         help='torch threads on the CPU (default: all cores)')
     parser.add_argument('--modes', nargs='+', default=['forward', 'train', 'memory'],
-                        choices=['forward', 'train', 'memory'])
+                        choices=['forward', 'train', 'memory', 'profile'])
     parser.add_argument('--models', nargs='+', default=list(MODELS), choices=MODELS)
     parser.add_argument('--util-size', type=int, default=512,
                         help="input size of the matmul-rate comparison (one of --sizes)")
@@ -121,6 +127,72 @@ def time_models(models, x, train, args):
         if len(names) == 2:
             ratios.append(per_round[names[0]][-1] / per_round[names[1]][-1])
     return {name: statistics.median(t) for name, t in per_round.items()}, ratios
+
+
+# Kinds of operator for ``--modes profile``, matched in order on the profiler's event name;
+# each event's own time (without the operators it calls) goes to the first kind it matches.
+OP_KINDS = (
+    ('matrix products', ('aten::mm', 'aten::addmm', 'aten::bmm', 'aten::baddbmm')),
+    ('fused attention', ('scaled_dot_product', 'flash_attention', 'efficient_attention')),
+    ('softmax', ('softmax',)),
+    ('convolutions', ('conv', 'im2col', 'col2im')),
+    ('norms', ('layer_norm', 'batch_norm')),
+    ('GELU', ('gelu',)),
+    ('copies, fills, pads', ('aten::copy_', 'aten::clone', 'aten::cat', 'aten::fill_',
+                             'aten::zero_', 'aten::index', 'aten::_index_put',
+                             'aten::roll', 'aten::constant_pad_nd', 'aten::contiguous')),
+    ('other tensor ops', ('aten::',)),
+)
+OTHER_KIND = 'autograd, Python'
+
+
+def op_kind(name):
+    for kind, keys in OP_KINDS:
+        if any(k in name for k in keys):
+            return kind
+    return OTHER_KIND
+
+
+def profile_step(model, x, train, args):
+    """Seconds of one step by kind of operator (each event's own time), after a warm-up."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    model.train(train)
+    for _ in range(max(1, args.warmup)):
+        model.zero_grad(set_to_none=True)
+        _step(model, x, train, args.dtype, args.device)
+    model.zero_grad(set_to_none=True)
+    activities = [ProfilerActivity.CPU]
+    if args.device.startswith('cuda'):
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as prof:
+        _step(model, x, train, args.dtype, args.device)
+        _sync(args.device)
+    kinds = {}
+    for e in prof.key_averages():
+        own = (e.self_device_time_total if args.device.startswith('cuda')
+               else e.self_cpu_time_total)
+        kind = op_kind(e.key)
+        kinds[kind] = kinds.get(kind, 0.) + own / 1e6
+    return kinds
+
+
+def print_profile(size, prof, model_names):
+    cols = [(mode, m) for mode in ('forward', 'train') for m in model_names
+            if mode in prof.get(m, {})]
+    if not cols:
+        return
+    label = {'forward': 'forward (s)', 'train': 'fwd+bwd (s)'}
+    print(f'\nwhere the time goes at {size} (one profiled step each, own time of each '
+          'operator by kind):')
+    header = '| kind | ' + ' | '.join(f'{label[mode]} {m}' for mode, m in cols) + ' |'
+    print(header)
+    print('|' + '---|' * (len(cols) + 1))
+    kinds = [k for k, _ in OP_KINDS] + [OTHER_KIND]
+    for kind in kinds + ['total']:
+        vals = [sum(prof[m][mode].values()) if kind == 'total'
+                else prof[m][mode].get(kind, 0.) for mode, m in cols]
+        print(f'| {kind} | ' + ' | '.join(f'{v:.3f}' for v in vals) + ' |')
 
 
 def _rss_bytes():
@@ -227,6 +299,12 @@ def main(argv=None):
                 r.setdefault('ratio', {})[key] = statistics.median(ratios)
             if mode == 'forward' and size == str(args.util_size):
                 rate = mm_rate(args.device)  # right after, on the machine as it is now
+        if 'profile' in args.modes:
+            prof = r.setdefault('profile', {})
+            for mode in ('forward', 'train'):
+                for name in args.models:
+                    prof.setdefault(name, {})[mode] = profile_step(
+                        models[name], x, mode == 'train', args)
         del models
         if 'memory' in args.modes:
             for name in args.models:
@@ -256,15 +334,21 @@ def main(argv=None):
     both = set(MODELS) <= set(args.models)
     if both:
         header += ' | ' + ' | '.join(f'{label} Pale/Swin' for key, label in cols)
-    print(header + ' |')
-    print('|' + '---|' * (header.count('|')))
+    if cols:
+        print(header + ' |')
+        print('|' + '---|' * (header.count('|')))
     for size, r in results.items():
+        if not cols:
+            break
         row = [size] + [f"{r[m][key]:.3f}" if key != 'peak_mib' else f"{r[m][key]:.0f}"
                         for key, _ in cols for m in args.models]
         if both:  # timings: the median of the per-round ratios; memory: one probe each
             row += [f"{r.get('ratio', {}).get(key, r['pale_t'][key] / r['swin_t'][key]):.2f}"
                     for key, _ in cols]
         print('| ' + ' | '.join(row) + ' |')
+    for size, r in results.items():
+        if 'profile' in r:
+            print_profile(size, r['profile'], args.models)
     if util:
         print(f"\nPale-T forward at {us}x{us}: {util['pale_t_macs_per_s'] / 1e9:.1f} GMAC/s; "
               f"torch.mm 2048x2048 float32: {util['mm_macs_per_s'] / 1e9:.1f} GMAC/s; "

@@ -12,8 +12,10 @@ them are the outputs of cheap, memory-bound ops that feed a Linear layer:
 :func:`recomputed_input_linear` computes ``F.linear(fn(*inputs), weight, bias)`` but keeps only
 ``inputs`` (which the caller usually keeps alive anyway) and the weight. Its backward
 recomputes ``fn(*inputs)`` under autograd, does the Linear's backward by hand, and lets
-autograd take the gradient through ``fn``. :func:`gelu_linear` is the same for ``fn = GELU``,
-written out so that its backward reuses one buffer. The math is the same as the plain
+autograd take the gradient through ``fn``; or, where the caller gives ``fn``'s backward
+written out (:class:`HandBackward`), runs that instead of a nested autograd pass (no graph to
+build and walk a second time; the same kernels run). :func:`gelu_linear` is the same for
+``fn = GELU``, written out so that its backward reuses one buffer. The math is the same as the plain
 modules'; only the cheap prefix runs twice. This is not gradient checkpointing of the block:
 the matrix products and the attention run once, and BatchNorm's running statistics move once.
 
@@ -23,7 +25,7 @@ forward's product ran in, returning gradients in each input's own dtype, as auto
 do. Callers use the plain modules where nothing needs a gradient (inference, FLOP counting
 by jit tracing, frozen layers): see :func:`needs_backward`.
 """
-from typing import Callable, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -48,16 +50,29 @@ def _flat(x: Tensor) -> Tensor:
     return x.reshape(-1, x.shape[-1])
 
 
+class HandBackward(NamedTuple):
+    """The cheap prefix ``fn`` of :func:`recomputed_input_linear` with its backward written
+    out, used instead of a nested autograd pass when autocast is off.
+
+    ``recompute(*inputs) -> (z, saved)``: ``fn``'s output again (the same values) and what the
+    backward needs. ``backward(saved, grad_z, needs) -> grads``: one gradient per input,
+    ``None`` where ``needs`` (one bool per input) is False.
+    """
+    recompute: Callable
+    backward: Callable
+
+
 class _RecomputedInputLinear(torch.autograd.Function):
     """y = F.linear(fn(*inputs), weight, bias), keeping ``inputs`` instead of ``fn(*inputs)``."""
 
     @staticmethod
-    def forward(ctx, fn: Callable, recompute_fn: Callable, weight: Tensor,
-                bias: Optional[Tensor], *inputs: Optional[Tensor]) -> Tensor:
+    def forward(ctx, fn: Callable, recompute_fn: Callable, by_hand: Optional[HandBackward],
+                weight: Tensor, bias: Optional[Tensor], *inputs: Optional[Tensor]) -> Tensor:
         z = fn(*inputs)  # (..., in)
         y = F.linear(z, weight, bias)  # (..., out); autocast may run it in lower precision
         device = z.device.type
         ctx.recompute_fn = recompute_fn
+        ctx.by_hand = by_hand
         ctx.autocast = (device, torch.is_autocast_enabled(device),
                         torch.get_autocast_dtype(device))
         ctx.compute_dtype = y.dtype
@@ -69,35 +84,44 @@ class _RecomputedInputLinear(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_y: Tensor):
         weight, *inputs = ctx.saved_tensors
-        needs = ctx.needs_input_grad[4:]
-        leaves = [x.detach().requires_grad_(n) if x is not None else None
-                  for x, n in zip(inputs, needs)]
+        needs = ctx.needs_input_grad[5:]
         device, autocast, autocast_dtype = ctx.autocast
-        with torch.enable_grad(), torch.autocast(device, dtype=autocast_dtype,
-                                                 enabled=autocast):
-            z = ctx.recompute_fn(*leaves)  # (..., in), as in the forward
+        by_hand = None if autocast else ctx.by_hand
+        if by_hand is not None:
+            z, saved = by_hand.recompute(*inputs)  # (..., in), as in the forward
+        else:
+            leaves = [x.detach().requires_grad_(n) if x is not None else None
+                      for x, n in zip(inputs, needs)]
+            with torch.enable_grad(), torch.autocast(device, dtype=autocast_dtype,
+                                                     enabled=autocast):
+                z = ctx.recompute_fn(*leaves)  # (..., in), as in the forward
         # The Linear's backward, in the dtype its forward product ran in.
         dtype = ctx.compute_dtype
         grad_y = grad_y.to(dtype)
         grad_w = grad_b = None
-        if ctx.needs_input_grad[2]:
-            grad_w = _flat(grad_y).t().mm(_flat(z.detach().to(dtype))).to(weight.dtype)
         if ctx.needs_input_grad[3]:
+            grad_w = _flat(grad_y).t().mm(_flat(z.detach().to(dtype))).to(weight.dtype)
+        if ctx.needs_input_grad[4]:
             grad_b = _flat(grad_y).sum(0).to(ctx.bias_dtype)
         grads = [None] * len(inputs)
         wanted = [i for i, n in enumerate(needs) if n]
         if wanted:
             grad_z = grad_y.matmul(weight.to(dtype)).to(z.dtype)  # (..., in)
-            found = torch.autograd.grad(z, [leaves[i] for i in wanted], grad_z,
-                                        allow_unused=True)
-            for i, g in zip(wanted, found):
-                grads[i] = g
-        return (None, None, grad_w, grad_b, *grads)
+            if by_hand is not None:
+                grads = [g if n else None
+                         for g, n in zip(by_hand.backward(saved, grad_z, needs), needs)]
+            else:
+                found = torch.autograd.grad(z, [leaves[i] for i in wanted], grad_z,
+                                            allow_unused=True)
+                for i, g in zip(wanted, found):
+                    grads[i] = g
+        return (None, None, None, grad_w, grad_b, *grads)
 
 
 def recomputed_input_linear(fn: Callable, inputs: Sequence[Optional[Tensor]], weight: Tensor,
                             bias: Optional[Tensor] = None,
-                            recompute_fn: Optional[Callable] = None) -> Tensor:
+                            recompute_fn: Optional[Callable] = None,
+                            by_hand: Optional[HandBackward] = None) -> Tensor:
     """``F.linear(fn(*inputs), weight, bias)`` that keeps ``inputs``, not ``fn(*inputs)``.
 
     Args:
@@ -108,11 +132,13 @@ def recomputed_input_linear(fn: Callable, inputs: Sequence[Optional[Tensor]], we
         recompute_fn: what the backward runs instead of ``fn``, when running ``fn`` again
             would differ (a BatchNorm must not update its running statistics twice). It must
             give the same values as ``fn`` did in the forward. Default: ``fn``.
+        by_hand: ``fn``'s recomputation and backward written out; used instead of
+            ``recompute_fn`` and autograd when autocast was off in the forward.
 
     Returns:
         (..., out)
     """
-    return _RecomputedInputLinear.apply(fn, recompute_fn or fn, weight, bias, *inputs)
+    return _RecomputedInputLinear.apply(fn, recompute_fn or fn, by_hand, weight, bias, *inputs)
 
 
 # Rows per chunk of the hidden (GELU) activations: about 4 MiB of float32 at a time. A chunk

@@ -27,7 +27,8 @@ from mmengine.model.weight_init import constant_init, trunc_normal_init
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .low_memory import chunked_mlp, gelu_linear, needs_backward, recomputed_input_linear
+from .low_memory import (HandBackward, chunked_mlp, gelu_linear, needs_backward,
+                         recomputed_input_linear)
 from .pale_attention import pale_attention_bands
 
 # Variants as a table (``../shared/pale_spec.md``): widths C, 2C, 4C, 8C.
@@ -105,6 +106,36 @@ class SepConvProjection(nn.Module):
         return F.batch_norm(d, running_mean, running_var, bn_weight, bn_bias,
                             training=batch_stats, momentum=0., eps=bn.eps).permute(0, 2, 3, 1)
 
+    def _dw_bn_recompute_by_hand(self, x: Tensor, dw_weight: Tensor, bn_weight: Tensor,
+                                 bn_bias: Tensor, running_mean: Optional[Tensor],
+                                 running_var: Optional[Tensor]):
+        """:meth:`_dw_bn_again` without autograd, keeping what the hand-written backward
+        needs: -> (B, H, W, C), saved."""
+        dw, bn = self.dw, self.bn
+        d = F.conv2d(x, dw_weight, dw.bias, dw.stride, dw.padding, dw.dilation, dw.groups)
+        batch_stats = running_mean is None
+        z, mean, invstd = torch.ops.aten.native_batch_norm(
+            d, bn_weight, bn_bias, running_mean, running_var, batch_stats, 0., bn.eps)[:3]
+        return z.permute(0, 2, 3, 1), (x, d, dw_weight, bn_weight, running_mean, running_var,
+                                       mean, invstd, batch_stats)
+
+    def _dw_bn_backward_by_hand(self, saved, grad_z: Tensor, needs):
+        """The gradients of :meth:`_dw_bn_again`'s inputs from that of its output
+        (B, H, W, C): BatchNorm's backward, then the depthwise conv's."""
+        dw, bn = self.dw, self.bn
+        x, d, dw_weight, bn_weight, running_mean, running_var, mean, invstd, batch_stats = \
+            saved
+        need_x, need_dw, need_bn_w, need_bn_b = needs[:4]
+        grad_d, grad_bn_w, grad_bn_b = torch.ops.aten.native_batch_norm_backward(
+            grad_z.permute(0, 3, 1, 2), d, bn_weight, running_mean, running_var, mean, invstd,
+            batch_stats, bn.eps, [need_x or need_dw, need_bn_w, need_bn_b])
+        grad_x = grad_dw = None
+        if need_x or need_dw:
+            grad_x, grad_dw, _ = torch.ops.aten.convolution_backward(
+                grad_d, x, dw_weight, None, dw.stride, dw.padding, dw.dilation, False, [0, 0],
+                dw.groups, [need_x, need_dw, False])
+        return grad_x, grad_dw, grad_bn_w, grad_bn_b, None, None
+
     def _dw_bn_folded(self, x: Tensor) -> Tensor:
         """:meth:`_dw_bn` with running statistics, the BatchNorm folded into the conv: one
         pass over the map instead of two (the same math, rounded differently)."""
@@ -130,7 +161,8 @@ class SepConvProjection(nn.Module):
         stats = (None, None) if batch_stats else (bn.running_mean, bn.running_var)
         return recomputed_input_linear(
             lambda x, *_: self._dw_bn(x), (x, dw.weight, bn.weight, bn.bias, *stats),
-            pw.weight, pw.bias, recompute_fn=self._dw_bn_again)
+            pw.weight, pw.bias, recompute_fn=self._dw_bn_again,
+            by_hand=HandBackward(self._dw_bn_recompute_by_hand, self._dw_bn_backward_by_hand))
 
 
 class PaleAttention(nn.Module):
@@ -158,8 +190,10 @@ class PaleAttention(nn.Module):
         if needs_backward(*bands, self.proj.weight, self.proj.bias):
             # The attention keeps its grouped output: the projection need not keep the
             # scattered copy (C per token) as well.
-            x = recomputed_input_linear(layout.scatter, bands, self.proj.weight,
-                                        self.proj.bias)
+            x = recomputed_input_linear(
+                layout.scatter, bands, self.proj.weight, self.proj.bias,
+                by_hand=HandBackward(lambda *b: (layout.scatter(*b), None),
+                                     lambda _, grad, needs: layout.gather(grad)))
         else:
             x = self.proj(layout.scatter(*bands))
         return self.proj_drop(x)
