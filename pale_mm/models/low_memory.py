@@ -54,9 +54,9 @@ class HandBackward(NamedTuple):
     """The cheap prefix ``fn`` of :func:`recomputed_input_linear` with its backward written
     out, used instead of a nested autograd pass when autocast is off.
 
-    ``recompute(*inputs) -> (z, saved)``: ``fn``'s output again (the same values) and what the
-    backward needs. ``backward(saved, grad_z, needs) -> grads``: one gradient per input,
-    ``None`` where ``needs`` (one bool per input) is False.
+    ``recompute(*inputs) -> (z, saved)``: ``fn``'s output again (the same values) and the
+    intermediates the backward needs. ``backward(inputs, saved, grad_z, needs) -> grads``: one
+    gradient per input, ``None`` where ``needs`` (one bool per input) is False.
     """
     recompute: Callable
     backward: Callable
@@ -108,8 +108,8 @@ class _RecomputedInputLinear(torch.autograd.Function):
         if wanted:
             grad_z = grad_y.matmul(weight.to(dtype)).to(z.dtype)  # (..., in)
             if by_hand is not None:
-                grads = [g if n else None
-                         for g, n in zip(by_hand.backward(saved, grad_z, needs), needs)]
+                grads = [g if n else None for g, n in
+                         zip(by_hand.backward(inputs, saved, grad_z, needs), needs)]
             else:
                 found = torch.autograd.grad(z, [leaves[i] for i in wanted], grad_z,
                                             allow_unused=True)

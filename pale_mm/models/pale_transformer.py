@@ -109,26 +109,25 @@ class SepConvProjection(nn.Module):
     def _dw_bn_recompute_by_hand(self, x: Tensor, dw_weight: Tensor, bn_weight: Tensor,
                                  bn_bias: Tensor, running_mean: Optional[Tensor],
                                  running_var: Optional[Tensor]):
-        """:meth:`_dw_bn_again` without autograd, keeping what the hand-written backward
-        needs: -> (B, H, W, C), saved."""
+        """:meth:`_dw_bn_again` without autograd: -> (B, H, W, C) and what the hand-written
+        backward needs (the conv's output, BatchNorm's batch mean and inverse std)."""
         dw, bn = self.dw, self.bn
         d = F.conv2d(x, dw_weight, dw.bias, dw.stride, dw.padding, dw.dilation, dw.groups)
-        batch_stats = running_mean is None
         z, mean, invstd = torch.ops.aten.native_batch_norm(
-            d, bn_weight, bn_bias, running_mean, running_var, batch_stats, 0., bn.eps)[:3]
-        return z.permute(0, 2, 3, 1), (x, d, dw_weight, bn_weight, running_mean, running_var,
-                                       mean, invstd, batch_stats)
+            d, bn_weight, bn_bias, running_mean, running_var, running_mean is None, 0.,
+            bn.eps)[:3]
+        return z.permute(0, 2, 3, 1), (d, mean, invstd)
 
-    def _dw_bn_backward_by_hand(self, saved, grad_z: Tensor, needs):
+    def _dw_bn_backward_by_hand(self, inputs, saved, grad_z: Tensor, needs):
         """The gradients of :meth:`_dw_bn_again`'s inputs from that of its output
         (B, H, W, C): BatchNorm's backward, then the depthwise conv's."""
         dw, bn = self.dw, self.bn
-        x, d, dw_weight, bn_weight, running_mean, running_var, mean, invstd, batch_stats = \
-            saved
+        x, dw_weight, bn_weight, _, running_mean, running_var = inputs
+        d, mean, invstd = saved
         need_x, need_dw, need_bn_w, need_bn_b = needs[:4]
         grad_d, grad_bn_w, grad_bn_b = torch.ops.aten.native_batch_norm_backward(
             grad_z.permute(0, 3, 1, 2), d, bn_weight, running_mean, running_var, mean, invstd,
-            batch_stats, bn.eps, [need_x or need_dw, need_bn_w, need_bn_b])
+            running_mean is None, bn.eps, [need_x or need_dw, need_bn_w, need_bn_b])
         grad_x = grad_dw = None
         if need_x or need_dw:
             grad_x, grad_dw, _ = torch.ops.aten.convolution_backward(
@@ -193,7 +192,7 @@ class PaleAttention(nn.Module):
             x = recomputed_input_linear(
                 layout.scatter, bands, self.proj.weight, self.proj.bias,
                 by_hand=HandBackward(lambda *b: (layout.scatter(*b), None),
-                                     lambda _, grad, needs: layout.gather(grad)))
+                                     lambda bands, _, grad, needs: layout.gather(grad)))
         else:
             x = self.proj(layout.scatter(*bands))
         return self.proj_drop(x)
