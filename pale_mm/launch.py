@@ -330,8 +330,9 @@ def _drop_init_cfg(model_cfg, keys) -> None:
 CHECKPOINT_PATTERNS = ('epoch_*.pth', 'iter_*.pth')
 
 
-def _checkpoints_in(work_dir: str):
-    """Checkpoints of a work dir, newest (highest epoch / iteration) first."""
+def checkpoints_in(work_dir: str):
+    """Checkpoints of a work dir (``epoch_*.pth``, ``iter_*.pth``), newest (highest epoch /
+    iteration) first; none for a work dir that does not exist."""
     import glob
     import re
     found = []
@@ -363,7 +364,7 @@ def find_resume_checkpoint(work_dir: str) -> Optional[str]:
         named = osp.join(work_dir, osp.basename(named))
     if named and is_complete_checkpoint(named):
         return named
-    for path in _checkpoints_in(work_dir):
+    for path in checkpoints_in(work_dir):
         if is_complete_checkpoint(path):
             if named:
                 warnings.warn(f'{marker} names {named}, which is missing or incomplete; '
@@ -374,7 +375,7 @@ def find_resume_checkpoint(work_dir: str) -> Optional[str]:
 
 def guard_work_dir(work_dir: str) -> None:
     """A new (not resumed) training run must not overwrite an earlier run's checkpoints."""
-    found = _checkpoints_in(work_dir) if osp.isdir(work_dir) else []
+    found = checkpoints_in(work_dir)
     if found:
         names = ', '.join(osp.basename(p) for p in found[:3])
         raise LaunchError(
