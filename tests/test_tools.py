@@ -130,6 +130,15 @@ def test_model_index_lists_every_config():
         assert configs and configs <= listed, configs - listed
 
 
+def test_demo_refuses_fewer_iterations_than_its_warm_up(tmp_path, capsys):
+    import demo
+    with pytest.raises(SystemExit):
+        demo.main(['--iters', '10', '--data-root', str(tmp_path / 'data'),
+                   '--work-dir', str(tmp_path / 'work')])
+    assert 'more than the 20 warm-up iterations' in capsys.readouterr().err
+    assert not (tmp_path / 'data').exists()  # refused before anything is written
+
+
 def test_demo_learns_and_draws(tmp_path, capsys):
     """`make demo` in small: the model beats a constant prediction by far, pictures exist."""
     import demo

@@ -29,7 +29,14 @@ def parse_args(argv=None):
     parser.add_argument('--work-dir', default='work_dirs/demo')
     parser.add_argument('--iters', type=int, default=None,
                         help='training iterations (default: the config\'s)')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.iters is not None:
+        from mmengine.config import Config
+        warmup = Config.fromfile(CONFIG).param_scheduler[0]['end']
+        if args.iters <= warmup:
+            parser.error(f'--iters {args.iters}: the demo needs more than the {warmup} warm-up '
+                         f'iterations of {CONFIG}; give --iters {warmup + 1} or more')
+    return args
 
 
 def ensure_data(root):
