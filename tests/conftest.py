@@ -13,6 +13,16 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
 @pytest.fixture
+def device():
+    """The device the model tests run on: ``PALE_TEST_DEVICE`` (default ``cpu``), e.g.
+    ``PALE_TEST_DEVICE=cuda pytest tests/test_backbone.py`` as ``tools/gpu_check.sh`` does."""
+    dev = torch.device(os.environ.get('PALE_TEST_DEVICE', 'cpu'))
+    if dev.type == 'cuda' and not torch.cuda.is_available():
+        pytest.skip(f'PALE_TEST_DEVICE={dev} but torch sees no CUDA device')
+    return dev
+
+
+@pytest.fixture
 def tiny_arch():
     """A small custom arch: fast enough to run many times in the tests."""
     return dict(embed_dims=16, depths=(1, 1, 2, 1), num_heads=(2, 2, 4, 4))
