@@ -6,15 +6,14 @@ torch >= 2.6 loads with ``weights_only=True`` by default, and mmengine 0.10.7 ca
 (``weights_only=False``) would let any downloaded checkpoint run code on load. Instead,
 :func:`safe_load` keeps ``weights_only`` loading and allows exactly the classes that
 mmengine, mmdet, mmseg and mmpretrain checkpoints hold (:data:`ALLOWED_GLOBALS`).
-:func:`install` makes mmengine's local-file loader (used for ``init_cfg`` Pretrained,
-``load_from`` and ``--resume``) go through it.
+:mod:`pale_mm.compat` makes mmengine's local-file loader (used for ``init_cfg`` Pretrained,
+``load_from`` and ``--resume``) go through it where the installed versions need it.
 
-Saving is made atomic the same way (:func:`atomic_save`): a checkpoint is written into a
+Saving is made atomic (:func:`atomic_save`, used by :mod:`pale_mm.compat` for mmengine's saves): a checkpoint is written into a
 temporary file beside its destination and renamed over it only once complete, so a process
 killed while saving leaves the previous checkpoints as they were, never a truncated file
 that ``--resume`` would pick up.
 """
-import functools
 import glob
 import os
 import os.path as osp
@@ -29,12 +28,14 @@ import numpy as np
 import torch
 from mmengine.logging import print_log
 
+from .errors import PaleError
 
-class UnsafeCheckpointError(pickle.UnpicklingError):
+
+class UnsafeCheckpointError(PaleError, pickle.UnpicklingError):
     """A checkpoint holds an object outside the allow-list; it was not loaded."""
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(PaleError, ValueError):
     """A pretrained checkpoint does not fit the backbone; the message lists the keys."""
 
 
@@ -104,14 +105,6 @@ def safe_load(filename: str, map_location='cpu'):
             'arbitrary code. If you trust the file, re-save only its weights: '
             "torch.save({'state_dict': torch.load(path, weights_only=False)['state_dict']}, "
             'new_path).') from None
-
-
-def _mmengine_local_loader(filename, map_location):
-    return safe_load(filename, map_location)
-
-
-# mmengine logs the loader's name from its 11th character on ('load_from_' + scheme).
-_mmengine_local_loader.__name__ = 'load_from_local'
 
 
 # ---------------------------------------------------------------------------------------
@@ -193,79 +186,6 @@ def is_complete_checkpoint(path: str) -> bool:
             return len(z.namelist()) > 0
     except (OSError, zipfile.BadZipFile):
         return False
-
-
-def _mmengine_atomic_save(original):
-    @functools.wraps(original)
-    def save_checkpoint(checkpoint, filename, file_client_args=None, backend_args=None):
-        local = isinstance(filename, str) and '://' not in filename
-        if local and file_client_args is None and backend_args is None:
-            atomic_save(checkpoint, filename)
-        else:
-            original(checkpoint, filename, file_client_args=file_client_args,
-                     backend_args=backend_args)
-
-    save_checkpoint._pale_atomic = True
-    return save_checkpoint
-
-
-class _DeferredRemoval:
-    """A file backend that notes ``remove``/``rmtree`` calls instead of doing them."""
-
-    def __init__(self, backend):
-        self._backend = backend
-        self.removals = []
-
-    def remove(self, path):
-        self.removals.append(('remove', path))
-
-    def rmtree(self, path):
-        self.removals.append(('rmtree', path))
-
-    def __getattr__(self, name):
-        return getattr(self._backend, name)
-
-
-def _remove_after_saving(method):
-    """mmengine's CheckpointHook deletes the oldest checkpoint (``max_keep_ckpts``) or the
-    previous best one *before* writing the new one: a kill in between (with
-    ``max_keep_ckpts=1``, the only one) leaves nothing to resume from. Deletions now wait
-    until the new checkpoint and ``last_checkpoint`` are written."""
-    @functools.wraps(method)
-    def wrapper(self, runner, *args, **kwargs):
-        backend = self.file_backend
-        deferred = _DeferredRemoval(backend)
-        self.file_backend = deferred
-        try:
-            result = method(self, runner, *args, **kwargs)
-        finally:
-            self.file_backend = backend
-        for kind, path in deferred.removals:
-            getattr(backend, kind)(path)
-        return result
-
-    wrapper._pale_deferred = True
-    return wrapper
-
-
-def install() -> None:
-    """Route mmengine's local-file checkpoint loading through :func:`safe_load`, make its
-    checkpoint saving atomic and its old-checkpoint deletion wait for the new one."""
-    import mmengine.runner as runner_pkg
-    import mmengine.runner.checkpoint as ckpt_module
-    import mmengine.runner.runner as runner_module
-    from mmengine.hooks import CheckpointHook
-    ckpt_module.CheckpointLoader.register_scheme(prefixes='', loader=_mmengine_local_loader,
-                                                 force=True)
-    if not getattr(ckpt_module.save_checkpoint, '_pale_atomic', False):
-        atomic = _mmengine_atomic_save(ckpt_module.save_checkpoint)
-        for module in (ckpt_module, runner_module, runner_pkg):
-            if hasattr(module, 'save_checkpoint'):
-                module.save_checkpoint = atomic
-    for name in ('_save_checkpoint_with_step', '_save_best_checkpoint'):
-        method = getattr(CheckpointHook, name, None)
-        if method is not None and not getattr(method, '_pale_deferred', False):
-            setattr(CheckpointHook, name, _remove_after_saving(method))
 
 
 # ---------------------------------------------------------------------------------------

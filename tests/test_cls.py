@@ -25,8 +25,8 @@ pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 def _config(variant, options=None):
-    from pale_mm import launch
-    return launch.load_config(osp.join(ROOT, f'configs/imagenet/pale_{variant}_in1k.py'),
+    from pale_mm.config import load_config
+    return load_config(osp.join(ROOT, f'configs/imagenet/pale_{variant}_in1k.py'),
                               options)
 
 
@@ -122,9 +122,9 @@ def test_classification_checkpoint_loads_into_downstream_backbones(classifier_ch
     norms of stages 0-2, which the classifier has no use for."""
     import importlib
 
-    from pale_mm import launch
+    from pale_mm.config import load_config
     from pale_mm.checkpoint import safe_load
-    cfg = launch.load_config(osp.join(ROOT, config),
+    cfg = load_config(osp.join(ROOT, config),
                              {'model.backbone.init_cfg.checkpoint': classifier_checkpoint})
     registry = importlib.import_module(f'{cfg.default_scope}.registry').MODELS
     model = registry.build(cfg.model)
@@ -147,8 +147,8 @@ def test_classification_checkpoint_of_another_size_is_refused(classifier_checkpo
     """A Pale-T classification checkpoint in a Pale-S detector: a clear refusal."""
     import importlib
 
-    from pale_mm import launch
-    cfg = launch.load_config(osp.join(ROOT, 'configs/upernet/pale_s_ade20k.py'),
+    from pale_mm.config import load_config
+    cfg = load_config(osp.join(ROOT, 'configs/upernet/pale_s_ade20k.py'),
                              {'model.backbone.init_cfg.checkpoint': classifier_checkpoint})
     model = importlib.import_module('mmseg.registry').MODELS.build(cfg.model)
     with pytest.raises(ValueError, match=r'does not fit this backbone.*same arch'):

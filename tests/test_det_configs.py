@@ -11,7 +11,7 @@ import torch
 from det_common import (CONFIG_DIR, LIGHT_HEADS, NO_VAL, ROOT, coco_data, data_options, tool,
                         train_losses)
 
-from pale_mm import launch
+from pale_mm.config import load_config
 from pale_mm.checkpoint import safe_load
 from pale_mm.data.synthetic_coco import cli_cfg_options, mmdet_cfg_options
 from pale_mm.models import ARCH_SETTINGS, PaleTransformer
@@ -22,7 +22,7 @@ SHORT_SIDES = list(range(480, 801, 32))
 
 
 def _config(name, options=None):
-    return launch.load_config(osp.join(CONFIG_DIR, name), options)
+    return load_config(osp.join(CONFIG_DIR, name), options)
 
 
 @pytest.mark.parametrize('name', CONFIGS)

@@ -23,8 +23,8 @@ CONFIGS = {
 
 
 def _load(arch, options=None):
-    from pale_mm import launch
-    return launch.load_config(osp.join(ROOT, CONFIGS[arch][0]), options)
+    from pale_mm.config import load_config
+    return load_config(osp.join(ROOT, CONFIGS[arch][0]), options)
 
 
 @pytest.fixture(scope='module')
@@ -127,9 +127,9 @@ def test_tta_views_follow_the_paper_protocol(ade):
     """--tta: 6 scales x 2 flips of each image, scaled from the 2048x512 test size."""
     from mmengine.registry import init_default_scope
     from mmseg.registry import DATASETS
-    from pale_mm import launch
+    from pale_mm.config import enable_tta
     cfg = _load('tiny', {'test_dataloader.dataset.data_root': ade['root']})
-    launch.enable_tta(cfg)
+    enable_tta(cfg)
     assert cfg.model.type == 'SegTTAModel' and cfg.model.module.type == 'EncoderDecoder'
     init_default_scope('mmseg')
     sample = DATASETS.build(cfg.test_dataloader.dataset)[0]

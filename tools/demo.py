@@ -113,7 +113,7 @@ def main(argv=None):
     args = parse_args(argv)
     import train as train_tool
 
-    from pale_mm import launch
+    from pale_mm.work_dir import checkpoints_in
     info = ensure_data(args.data_root)
     options = [f'train_dataloader.dataset.data_root={args.data_root}',
                f'val_dataloader.dataset.data_root={args.data_root}',
@@ -124,7 +124,7 @@ def main(argv=None):
                     f'default_hooks.checkpoint.interval={args.iters}']
     # each demo starts afresh: the previous demo's checkpoints go (train.py refuses to
     # overwrite the checkpoints of an earlier run in its work dir)
-    old = launch.checkpoints_in(args.work_dir)
+    old = checkpoints_in(args.work_dir)
     for path in old + glob.glob(osp.join(args.work_dir, 'last_checkpoint')):
         os.remove(path)
     if old:

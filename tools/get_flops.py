@@ -49,13 +49,13 @@ def _model_from_config(args):
     import torch
     from mmengine.config import DictAction  # noqa: F401
 
-    from pale_mm import launch
+    from pale_mm.config import load_config
     options = None
     if args.cfg_options:
         parser = argparse.ArgumentParser()
         parser.add_argument('--o', nargs='+', action=DictAction)
         options = parser.parse_args(['--o', *args.cfg_options]).o
-    cfg = launch.load_config(args.config, options)
+    cfg = load_config(args.config, options)
     scope = cfg.default_scope
     H, W = args.shape or DEFAULT_SHAPES[scope]
     # The weights do not change the count: never load a pretrained checkpoint here.
@@ -90,8 +90,9 @@ def main(argv=None):
     args = parse_args(argv)
     import torch
 
-    from pale_mm import PaleTransformer, launch
-    from pale_mm.analysis import complexity
+    from pale_mm import PaleTransformer
+    from pale_mm.errors import PaleError
+    from pale_mm.flops import complexity
     # Weights and input are random: fix them, since a detector's count depends on how many
     # proposals its RPN keeps.
     torch.manual_seed(0)
@@ -102,7 +103,7 @@ def main(argv=None):
             name = f'PaleTransformer({args.backbone!r}) backbone'
         else:
             name, model, (H, W) = _model_from_config(args)
-    except (ValueError, launch.LaunchError) as e:
+    except (ValueError, PaleError) as e:
         sys.exit(f'get_flops.py: error: {e}')
     with torch.no_grad():
         result = complexity(model, torch.randn(1, 3, H, W))

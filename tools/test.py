@@ -9,9 +9,12 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
+from pale_mm import config, preflight, test_outputs  # noqa: E402
+from pale_mm.errors import LaunchError, PaleError  # noqa: E402
+from pale_mm.runner import build_runner  # noqa: E402
+
 
 def parse_args(argv=None):
-    from pale_mm import launch
     parser = argparse.ArgumentParser(description='Test a detector, segmentor or classifier')
     parser.add_argument('config', help='config file (mmdet, mmseg or mmpretrain scope)')
     parser.add_argument('checkpoint', help='checkpoint file')
@@ -23,47 +26,45 @@ def parse_args(argv=None):
     parser.add_argument('--wait-time', type=float, default=2, help='seconds per --show image')
     parser.add_argument('--tta', action='store_true',
                         help="test-time augmentation (the config's tta_model / tta_pipeline)")
-    launch.add_run_arguments(parser)
+    config.add_run_arguments(parser)
     return parser.parse_args(argv)
 
 
 def main(argv=None):
-    from pale_mm import launch
     args = parse_args(argv)
+    swap = None  # mmseg's --out folder, moved into place after a complete test
     try:
-        cfg = launch.prepare_run(args, train=False)
-        launch.check_file(args.checkpoint, 'checkpoint')
+        cfg = config.prepare_run(args, train=False)
+        preflight.check_file(args.checkpoint, 'checkpoint')
         cfg.load_from = args.checkpoint
         if args.show or args.show_dir:
-            launch.enable_visualization(cfg, args.show, args.show_dir, args.wait_time)
+            config.enable_visualization(cfg, args.show, args.show_dir, args.wait_time)
         if args.tta:
-            launch.enable_tta(cfg)
+            config.enable_tta(cfg)
         if args.out and cfg.default_scope == 'mmseg':
             cfg.test_evaluator['output_dir'] = args.out
             cfg.test_evaluator['keep_results'] = True
         elif args.out and not args.out.endswith(('.pkl', '.pickle')):
-            raise launch.LaunchError(f'--out must name a .pkl file, got {args.out}')
-        launch.check_datasets(cfg, ['test_dataloader'])
-    except (launch.LaunchError, *launch.run_errors()) as e:
-        sys.exit(f'test.py: error: {launch.error_text(e)}')
-    try:
-        runner = launch.build_runner(cfg)
-    except launch.run_errors() as e:
-        sys.exit(f'test.py: error: {launch.error_text(e)}')
-    # outputs are written under temporary names and renamed once complete
-    launch.atomic_coco_results(runner)
-    swap = None
-    if args.out and cfg.default_scope == 'mmseg':
-        swap = launch.seg_output_dir_swap(runner, args.out)
-    elif args.out:
-        runner.test_evaluator.metrics.append(launch.dump_metric(cfg.default_scope, args.out))
-    try:
+            raise LaunchError(f'--out must name a .pkl file, got {args.out}')
+        preflight.check_datasets(cfg, ['test_dataloader'])
+
+        runner = build_runner(cfg)
+        # outputs are written under temporary names and renamed once complete
+        test_outputs.atomic_coco_results(runner)
+        if args.out and cfg.default_scope == 'mmseg':
+            swap = test_outputs.seg_output_dir_swap(runner, args.out)
+        elif args.out:
+            runner.test_evaluator.metrics.append(
+                test_outputs.dump_metric(cfg.default_scope, args.out))
         metrics = runner.test()
-    except launch.run_errors() as e:
-        sys.exit(f'test.py: error: {launch.error_text(e)}')
-    finally:
-        if swap is not None and sys.exc_info()[0] is not None:
+    except PaleError as e:
+        if swap is not None:
             swap.discard()
+        sys.exit(f'test.py: error: {e.summary}')
+    except BaseException:
+        if swap is not None:
+            swap.discard()
+        raise
     if swap is not None:
         swap()
     return metrics

@@ -19,21 +19,13 @@ import os
 import os.path as osp
 from typing import Dict, Iterable, List, Optional
 
+from ..errors import PaleError
+
 SHOW = 5  # how many offending files a message lists
 
 
-class DataError(RuntimeError):
+class DataError(PaleError, RuntimeError):
     """A dataset file is missing, unreadable or inconsistent; the message says which."""
-
-    @property
-    def summary(self) -> str:
-        """The message alone, also when a DataLoader worker re-raised it (torch then puts
-        the worker's traceback in front of it)."""
-        text = str(self)
-        marker = f'{type(self).__name__}: '
-        if 'Original Traceback' in text and marker in text:
-            text = text.rsplit(marker, 1)[1]
-        return text.strip()
 
 
 def _listing(paths: List[str], total: Optional[int] = None) -> str:

@@ -1,10 +1,9 @@
-"""Complexity counting that includes PS-Attention's attention products.
+"""Parameters and multiply-accumulates of a model, PS-Attention's attention products included.
 
 mmengine's ``FlopAnalyzer`` (fvcore's jit-trace counter; one multiply-accumulate counts as
-one flop) has no handle for ``aten::scaled_dot_product_attention``, so the two attention
-products (QK^T and AV) would be silently left out. :func:`install` adds one to mmengine's
-default handles, so every user of mmengine's counter (mmdet's and mmseg's ``get_flops``
-scripts included) counts them once ``pale_mm`` is imported.
+one flop) has no handle for ``aten::scaled_dot_product_attention``; :func:`complexity` gives
+its analyzer one (:func:`sdpa_flop_jit`), and :mod:`pale_mm.compat` adds it to mmengine's
+defaults so that mmdet's and mmseg's own ``get_flops`` scripts count it too.
 """
 from math import prod
 from typing import Any, List
@@ -27,20 +26,13 @@ def sdpa_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
     return batch * L * S * (E + Ev)
 
 
-def install() -> None:
-    """Make mmengine's FlopAnalyzer count ``scaled_dot_product_attention``."""
-    from mmengine.analysis import complexity_analysis
-    complexity_analysis._DEFAULT_SUPPORTED_FLOP_OPS.setdefault(SDPA_OP, sdpa_flop_jit)
-
-
 def complexity(model, inputs) -> dict:
     """Parameters and multiply-accumulates of ``model(*inputs)``, attention included."""
     import torch
     from mmengine.analysis import FlopAnalyzer, parameter_count
-    install()
     if isinstance(inputs, torch.Tensor):
         inputs = (inputs, )
-    analyzer = FlopAnalyzer(model, inputs)
+    analyzer = FlopAnalyzer(model, inputs).set_op_handle(SDPA_OP, sdpa_flop_jit)
     analyzer.unsupported_ops_warnings(False)
     analyzer.uncalled_modules_warnings(False)
     return dict(params=parameter_count(model)[''], macs=analyzer.total(),

@@ -1,0 +1,84 @@
+"""The checkpoints of a work dir: which one ``--resume`` continues from, and the guard that
+keeps a new run from overwriting an earlier run's checkpoints."""
+import os.path as osp
+import sys
+import warnings
+from typing import Optional
+
+from .errors import LaunchError
+
+CHECKPOINT_PATTERNS = ('epoch_*.pth', 'iter_*.pth')
+
+
+def checkpoints_in(work_dir: str):
+    """Checkpoints of a work dir (``epoch_*.pth``, ``iter_*.pth``), newest (highest epoch /
+    iteration) first; none for a work dir that does not exist."""
+    import glob
+    import re
+    found = []
+    for pattern in CHECKPOINT_PATTERNS:
+        for path in glob.glob(osp.join(work_dir, pattern)):
+            m = re.search(r'_(\d+)\.pth$', path)
+            if m:
+                found.append((int(m.group(1)), path))
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def find_resume_checkpoint(work_dir: str) -> Optional[str]:
+    """The checkpoint ``--resume`` (without a path) continues from: the one
+    ``last_checkpoint`` names if it is complete, else the newest complete one in the work
+    dir (a run killed at the wrong moment, or copied over incompletely). Temporary files of
+    killed saves are removed."""
+    from mmengine.runner import find_latest_checkpoint
+
+    from .checkpoint import is_complete_checkpoint, remove_stale_tmp_files
+    if not osp.isdir(work_dir):
+        return None
+    for path in remove_stale_tmp_files(work_dir):
+        warnings.warn(f'removed {path}, the unfinished save of a killed run')
+    marker = osp.join(work_dir, 'last_checkpoint')
+    named = find_latest_checkpoint(work_dir) or None  # what last_checkpoint names
+    if named and not osp.isabs(named) and not osp.exists(named):
+        named = osp.join(work_dir, osp.basename(named))
+    if named and is_complete_checkpoint(named):
+        return named
+    for path in checkpoints_in(work_dir):
+        if is_complete_checkpoint(path):
+            if named:
+                warnings.warn(f'{marker} names {named}, which is missing or incomplete; '
+                              f'resuming from {path}, the newest complete checkpoint')
+            return path
+    return None
+
+
+def guard_work_dir(work_dir: str) -> None:
+    """A new (not resumed) training run must not overwrite an earlier run's checkpoints."""
+    found = checkpoints_in(work_dir)
+    if found:
+        names = ', '.join(osp.basename(p) for p in found[:3])
+        raise LaunchError(
+            f'work dir {work_dir} already holds checkpoints of an earlier run ({names}'
+            f'{", ..." if len(found) > 3 else ""}); a new run would overwrite them. Continue '
+            'that run with --resume, or give this one another --work-dir.')
+
+
+def apply_resume_option(cfg, resume: Optional[str]) -> None:
+    """``tools/train.py --resume``: ``'auto'`` continues from :func:`find_resume_checkpoint`
+    (none found: a new run), a path continues from that checkpoint, ``None`` starts a new run,
+    which must not overwrite an earlier run's checkpoints (:func:`guard_work_dir`)."""
+    from .preflight import check_file
+    if resume == 'auto':
+        found = find_resume_checkpoint(cfg.work_dir)
+        if found:
+            cfg.resume, cfg.load_from = True, found
+        else:
+            print(f'--resume: no checkpoint in {cfg.work_dir}; starting from scratch',
+                  file=sys.stderr)
+            cfg.resume = False
+    elif resume is not None:
+        check_file(resume, '--resume checkpoint')
+        cfg.resume, cfg.load_from = True, resume
+    else:
+        guard_work_dir(cfg.work_dir)
+        if cfg.get('load_from'):
+            check_file(cfg.load_from, 'load_from checkpoint')
