@@ -1,9 +1,13 @@
-"""tools/visualize_pale.py and tools/benchmark.py run and report what they claim."""
+"""The tools run and report what they claim: visualize_pale, benchmark, gpu_check.sh,
+make_synthetic_data, demo."""
 import json
+import math
 import os
+import subprocess
 import sys
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'tools'))
@@ -28,40 +32,83 @@ def test_visualize_rejects_query_outside(tmp_path):
                              str(tmp_path / 'x.png')])
 
 
-def test_benchmark_table(tmp_path, capsys):
-    """A tiny run: both models, every mode, ratios and the matmul fraction printed."""
+def _markdown_rows(text, first_header_cell):
+    """{first cell: {column header: cell}} of the markdown table whose header starts with
+    ``first_header_cell``."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines)
+                 if line.startswith(f'| {first_header_cell} |'))
+    header = [c.strip() for c in lines[start].strip('|').split('|')]
+    rows = {}
+    for line in lines[start + 2:]:
+        if not line.startswith('|'):
+            break
+        cells = [c.strip() for c in line.strip('|').split('|')]
+        rows[cells[0]] = dict(zip(header, cells))
+    return rows
+
+
+def test_benchmark_report(tmp_path, capsys):
+    """A tiny run of every mode: the JSON holds what the table printed, every number is
+    finite and positive, the ratios are those of the numbers, and the attention kernels and
+    operator kinds are those the two models are built from. Nothing about which is faster:
+    that depends on how busy the machine is."""
     import benchmark
     out = tmp_path / 'bench.json'
-    benchmark.main(['--sizes', '64', '96', '--batch', '1', '--repeats', '1', '--warmup', '0',
-                    '--rounds', '1', '--util-size', '96', '--json', str(out)])
+    threads = torch.get_num_threads()  # --threads sets this process's
+    benchmark.main(['--sizes', '64', '--batch', '2', '--repeats', '1', '--warmup',
+                    '0', '--rounds', '1', '--threads', '1', '--util-size', '64', '--modes',
+                    'forward', 'train', 'memory', 'profile', '--json', str(out)])
+    torch.set_num_threads(threads)
     text = capsys.readouterr().out
-    assert 'Pale/Swin' in text and 'fraction' in text
     data = json.loads(out.read_text())
-    for size in ('64', '96'):
+    assert (data['device'], data['dtype'], data['batch']) == ('cpu', 'float32', 2)
+    assert "PaleTransformer('tiny'" in data['models']['pale_t']
+    assert 'SwinTransformer' in data['models']['swin_t']  # mmdet's, installed here
+    for description in data['models'].values():
+        assert description in text
+
+    table = _markdown_rows(text, 'size')
+    kernels = _markdown_rows(text, 'size | pale_t')
+    assert set(table) == set(kernels) == set(data['results']) == {'64'}
+    for size, r in data['results'].items():
         for model in ('pale_t', 'swin_t'):
-            r = data['results'][size][model]
-            assert r['forward_s'] > 0 and r['train_s'] > 0 and r['peak_mib'] > 0
-    assert 0 < data['utilisation']['fraction']
+            m = r[model]
+            for key in ('forward_s', 'train_s', 'peak_mib'):
+                assert math.isfinite(m[key]) and m[key] > 0, (size, model, key)
+            assert m['forward_img_per_s'] == pytest.approx(2 / m['forward_s'])
+            assert m['train_img_per_s'] == pytest.approx(2 / m['train_s'])
+            row = table[size]
+            assert row[f'forward img/s {model}'] == f"{m['forward_img_per_s']:.1f}"
+            assert row[f'fwd+bwd img/s {model}'] == f"{m['train_img_per_s']:.1f}"
+            assert row[f'fwd+bwd peak MiB {model}'] == f"{m['peak_mib']:.0f}"
+        # one round: the ratio of the round is the ratio of the times
+        assert r['ratio']['forward_s'] == pytest.approx(
+            r['pale_t']['forward_s'] / r['swin_t']['forward_s'])
+        assert r['ratio']['peak_mib'] == pytest.approx(
+            r['pale_t']['peak_mib'] / r['swin_t']['peak_mib'])
+        assert table[size]['fwd+bwd time Pale/Swin'] == f"{r['ratio']['train_s']:.2f}"
+        assert table[size]['fwd+bwd peak Pale/Swin'] == f"{r['ratio']['peak_mib']:.2f}"
 
+        # Pale's attention is scaled_dot_product_attention, mmdet's Swin a softmax between
+        # matrix products
+        assert r['sdpa']['pale_t'] and set(r['sdpa']['pale_t']) <= {
+            b for b, _ in benchmark.SDPA_BACKENDS}
+        assert r['sdpa']['swin_t'] == []
+        assert kernels[size]['pale_t'] == ', '.join(r['sdpa']['pale_t'])
+        for mode in ('forward', 'train'):
+            pale, swin = r['profile']['pale_t'][mode], r['profile']['swin_t'][mode]
+            kinds = {k for k, _ in benchmark.OP_KINDS} | {benchmark.OTHER_KIND}
+            assert set(pale) <= kinds and set(swin) <= kinds
+            assert {'fused attention', 'matrix products', 'convolutions'} <= set(pale)
+            assert 'softmax' in swin and 'fused attention' not in swin
+            assert all(math.isfinite(t) and t >= 0 for t in [*pale.values(), *swin.values()])
+        assert f'where the time goes at {size}' in text
 
-def test_benchmark_profile(tmp_path, capsys):
-    """``--modes profile``: each model's step split by kind of operator; Pale-T's attention
-    is the fused kernel, Swin-T's a softmax between matrix products."""
-    import benchmark
-    out = tmp_path / 'prof.json'
-    benchmark.main(['--sizes', '64', '--batch', '1', '--warmup', '1', '--modes', 'profile',
-                    '--json', str(out)])
-    assert 'where the time goes at 64' in capsys.readouterr().out
-    prof = json.loads(out.read_text())['results']['64']['profile']
-    for mode in ('forward', 'train'):
-        pale, swin = prof['pale_t'][mode], prof['swin_t'][mode]
-        assert set(pale) <= {k for k, _ in benchmark.OP_KINDS} | {benchmark.OTHER_KIND}
-        assert pale['fused attention'] > 0 and pale['matrix products'] > 0
-        assert pale['convolutions'] > 0  # the depthwise Q/K/V and position convs
-        assert swin.get('fused attention', 0) == 0 and swin['softmax'] > 0
-    # the backward adds time to every model
-    for m in ('pale_t', 'swin_t'):
-        assert sum(prof[m]['train'].values()) > sum(prof[m]['forward'].values())
+    util = data['utilisation']
+    assert util['size'] == 64 and util['mm_size'] == 2048
+    assert 0 < util['fraction'] < math.inf
+    assert f"fraction {util['fraction']:.2f}" in text
 
 
 def test_benchmark_op_kinds():
@@ -70,21 +117,88 @@ def test_benchmark_op_kinds():
         'aten::addmm', 'aten::_scaled_dot_product_flash_attention_for_cpu_backward',
         'aten::_softmax_backward_data', 'aten::convolution_backward',
         'aten::native_batch_norm', 'aten::gelu_backward', 'aten::copy_', 'aten::add_',
-        '_RecomputedInputLinearBackward')}
+        'CheckpointFunctionBackward')}
     assert list(kinds.values()) == [
         'matrix products', 'fused attention', 'softmax', 'convolutions', 'norms', 'GELU',
         'copies, fills, pads', 'other tensor ops', benchmark.OTHER_KIND]
 
 
-def test_attention_floor(capsys):
-    """The floor tool times the real stage-1 band: at 64x64 the 16x16 map has 3 row groups
-    of 6, 5 and 5 rows, the largest band being the two 5-row groups of 80 tokens."""
-    import attention_floor
-    r = attention_floor.main(['--size', '64', '--batch', '1', '--repeats', '1'])
-    assert r['shape'] == (2, 1, 80, 32)
-    assert min(r['forward_s'], r['train_s'], r['products_s'], r['exp_s']) > 0
-    assert r['train_s'] > r['forward_s']
-    assert 'kernel forward / parts' in capsys.readouterr().out
+def test_benchmark_sdpa_backends():
+    """The kernel of scaled_dot_product_attention is read off the operators that ran."""
+    import benchmark
+    assert benchmark.sdpa_backends([
+        'aten::linear', 'aten::scaled_dot_product_attention',
+        'aten::_scaled_dot_product_flash_attention',
+        'aten::_scaled_dot_product_flash_attention_backward']) == ['flash']
+    assert benchmark.sdpa_backends(['aten::_scaled_dot_product_flash_attention_for_cpu']) == [
+        'flash']
+    assert benchmark.sdpa_backends([
+        'aten::_scaled_dot_product_efficient_attention',
+        'aten::_scaled_dot_product_attention_math']) == ['memory-efficient', 'math']
+    assert benchmark.sdpa_backends(['aten::_scaled_dot_product_cudnn_attention']) == ['cudnn']
+    assert benchmark.sdpa_backends(['aten::scaled_dot_product_attention',
+                                    'aten::softmax', 'aten::bmm']) == []
+
+
+@pytest.mark.parametrize('argv,message', [
+    (['--sizes', '64y64'], "'64y64' is not S or HxW"),
+    (['--rounds', '0'], 'must be at least 1'),
+    (['--device', 'gpu'], "'gpu' is not a device"),
+])
+def test_benchmark_bad_input(capsys, argv, message):
+    import benchmark
+    with pytest.raises(SystemExit):
+        benchmark.main(argv)
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='this machine has a CUDA device')
+def test_benchmark_refuses_cuda_without_a_gpu(capsys):
+    import benchmark
+    with pytest.raises(SystemExit):
+        benchmark.main(['--device', 'cuda'])
+    assert 'torch sees no CUDA device here; use --device cpu' in capsys.readouterr().err
+
+
+def test_device_fixture(device):
+    """The model tests' device is PALE_TEST_DEVICE's (cpu by default)."""
+    assert device.type == os.environ.get('PALE_TEST_DEVICE', 'cpu').split(':')[0]
+    assert torch.ones(2, device=device).device.type == device.type
+
+
+def _gpu_check(*args, tmp_path):
+    env = dict(os.environ, PYTHON=sys.executable, PYTHONUNBUFFERED='1')
+    return subprocess.run(['bash', os.path.join(ROOT, 'tools', 'gpu_check.sh'), *args],
+                          cwd=tmp_path, env=env, capture_output=True, text=True)
+
+
+def test_gpu_check_on_cpu(tmp_path):
+    """tools/gpu_check.sh --device cpu: the environment, the model tests with
+    PALE_TEST_DEVICE set (here one test, to stay fast), and the bfloat16 benchmark at a tiny
+    size with its table and JSON."""
+    out = tmp_path / 'out'
+    res = _gpu_check('--device', 'cpu', '--out', str(out), '--tests',
+                     'tests/test_tools.py::test_device_fixture', tmp_path=tmp_path)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    text = res.stdout
+    assert 'mmengine: 0.10.7' in text and 'mmcv: 2.1.0' in text
+    assert '1 passed' in text and 'model tests: passed' in text
+    data = json.loads((out / 'benchmark.json').read_text())
+    assert (data['device'], data['dtype'], data['batch']) == ('cpu', 'bfloat16', 2)
+    assert list(data['results']) == ['64x96']
+    assert _markdown_rows(text, 'size')['64x96']['fwd+bwd peak MiB pale_t'] == (
+        f"{data['results']['64x96']['pale_t']['peak_mib']:.0f}")
+    assert (out / 'benchmark.txt').read_text().strip() in text
+
+
+@pytest.mark.parametrize('argv,message', [
+    (['--device', 'tpu'], "--device must be cuda or cpu, not 'tpu'"),
+    (['--wheels', 'no_such_folder'], "no wheels in 'no_such_folder'"),
+    (['--bogus'], "unknown option '--bogus'"),
+])
+def test_gpu_check_bad_input(tmp_path, argv, message):
+    res = _gpu_check(*argv, tmp_path=tmp_path)
+    assert res.returncode == 2 and message in res.stderr
 
 
 @pytest.mark.parametrize('layout,ann', [('coco', 'annotations/instances_val2017.json'),

@@ -1,26 +1,37 @@
-"""Pale-T against Swin-T (mmdet's SwinTransformer), side by side in one run.
+"""Pale-T against Swin-T, side by side in one run, on the CPU or a GPU.
 
-    python tools/benchmark.py                      # CPU, float32, batch 2, 224/512/800x1333
-    python tools/benchmark.py --device cuda --dtype bfloat16
+    python tools/benchmark.py                                  # CPU, float32, batch 2
+    python tools/benchmark.py --device cuda --dtype bfloat16   # what tools/gpu_check.sh runs
 
-For each input size it times the backbone's forward (inference, ``torch.no_grad``, eval) and
-forward+backward (training step without the optimizer), median of ``--repeats`` runs after
-``--warmup`` runs in each of ``--rounds`` rounds, the two models taking turns block by block
-so that a machine whose speed drifts slows both alike (the ratio is the median of the
-per-round ratios), and measures the peak memory of one forward+backward: on a GPU with
-``torch.cuda.max_memory_allocated``, on the CPU as the growth of the peak resident set
-(VmHWM) of a fresh process over its size before the step (so allocations of every kind
-count). It prints a table with the ratio Pale/Swin, and the fraction of the machine's dense
-float32 multiply-accumulate rate (``torch.mm`` 2048x2048, measured right after) that Pale-T's
-forward reaches at 512x512.
+For each input size it measures each backbone's forward (inference: ``torch.no_grad``, eval
+mode) and forward+backward (a training step without the optimizer) as images per second,
+and the peak memory of one forward+backward. Times are the median of ``--repeats`` steps
+after ``--warmup`` steps, in each of ``--rounds`` rounds; in a round each model runs one
+block of consecutive steps, the order of the blocks alternating from round to round, so
+that a machine whose speed drifts slows both alike. The time ratio Pale/Swin is the median
+of the per-round ratios (below 1: Pale-T is faster). Peak memory is, on a GPU,
+``torch.cuda.max_memory_allocated`` over what was allocated before the step; on the CPU,
+the growth of the peak resident set (VmHWM) of a fresh process over its size before the
+step (so allocations of every kind count).
 
-``--modes profile`` adds where the time goes: one step of each model under
-``torch.profiler`` (after a warm-up), each operator's own time summed by kind (matrix products,
-the fused attention kernel, convolutions, norms, copies, ...), for the forward and the
-forward+backward. The profiler's own overhead makes these steps a little slower than the
-timed ones.
+Swin-T is mmdet's ``SwinTransformer`` where mmdet imports, else timm's
+``swin_tiny_patch4_window7_224`` (``--swin`` picks). Both pad a side that is not a multiple
+of the patch size (1333 -> 1336) and feature maps that are not a multiple of the window:
+mmdet always; timm when built for the exact input size with a patch embedding that pads
+(``dynamic_img_pad=True``), as done here.
+
+It also reports which kernel ``scaled_dot_product_attention`` ran for each model (flash,
+memory-efficient, cuDNN or math), read from the operator names of one profiled training
+step, and the fraction of a dense matrix product's rate (``torch.mm`` in the run's dtype,
+measured right after) that Pale-T's forward reaches at ``--util-size``. ``--modes profile``
+adds where the time goes: one step of each model under ``torch.profiler``, each operator's
+own time summed by kind (matrix products, the fused attention kernel, convolutions, ...),
+for the forward and the forward+backward.
 """
 import argparse
+import functools
+import importlib.util
+import inspect
 import json
 import os
 import os.path as osp
@@ -31,8 +42,11 @@ import sys
 import time
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+# Keeps the profiler's start/stop log lines out of the table (read when torch is imported).
+os.environ.setdefault('KINETO_LOG_LEVEL', '5')
 
 MODELS = ('pale_t', 'swin_t')
+DTYPES = ('float32', 'bfloat16', 'float16')
 
 
 def parse_args(argv=None):
@@ -46,19 +60,46 @@ def parse_args(argv=None):
     parser.add_argument('--warmup', type=int, default=1, help='untimed steps per block')
     parser.add_argument('--rounds', type=int, default=2,
                         help='blocks per model, the models taking turns')
-    parser.add_argument('--device', default='cpu', help="'cpu' or 'cuda'")
-    parser.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'],
-                        help='bfloat16 runs under torch.autocast')
+    parser.add_argument('--device', default='cpu', help="'cpu', 'cuda' or 'cuda:N'")
+    parser.add_argument('--dtype', default='float32', choices=DTYPES,
+                        help='bfloat16 and float16 run under torch.autocast')
+    parser.add_argument('--swin', default='auto', choices=['auto', 'mmdet', 'timm'],
+                        help="Swin-T's implementation (auto: mmdet's where mmdet imports)")
     parser.add_argument('--threads', type=int, default=None,
                         help='torch threads on the CPU (default: all cores)')
     parser.add_argument('--modes', nargs='+', default=['forward', 'train', 'memory'],
                         choices=['forward', 'train', 'memory', 'profile'])
     parser.add_argument('--models', nargs='+', default=list(MODELS), choices=MODELS)
     parser.add_argument('--util-size', type=int, default=512,
-                        help="input size of the matmul-rate comparison (one of --sizes)")
+                        help='input size of the matmul-rate comparison (one of --sizes)')
     parser.add_argument('--json', help='also write the results to this JSON file')
     parser.add_argument('--_memory-probe', dest='memory_probe', help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+
+    for s in args.sizes:
+        try:
+            parse_size(s)
+        except ValueError:
+            parser.error(f'--sizes: {s!r} is not S or HxW (e.g. 512 or 800x1333)')
+    if min(args.batch, args.repeats, args.rounds) < 1 or args.warmup < 0:
+        parser.error('--batch, --repeats and --rounds must be at least 1, --warmup at least 0')
+    import torch
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        parser.error(f"--device: {args.device!r} is not a device; use 'cpu' or 'cuda'")
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        parser.error('--device cuda: torch sees no CUDA device here; use --device cpu')
+    if device.type not in ('cpu', 'cuda'):
+        parser.error(f"--device: {args.device!r}: only 'cpu' and 'cuda' are measured")
+    mmdet_found = importlib.util.find_spec('mmdet') is not None
+    if args.swin == 'auto':
+        args.swin = 'mmdet' if mmdet_found else 'timm'
+    elif args.swin == 'mmdet' and not mmdet_found:
+        parser.error('--swin mmdet: mmdet is not installed here; use --swin timm')
+    if args.swin == 'timm' and importlib.util.find_spec('timm') is None:
+        parser.error('--swin timm: timm is not installed here (pip install timm)')
+    return args
 
 
 def parse_size(s):
@@ -66,34 +107,66 @@ def parse_size(s):
     return int(h), int(w or h)
 
 
-def build(name):
-    import pale_mm  # noqa: F401
+def on_cuda(args):
+    return args.device.startswith('cuda')
+
+
+def build(name, size, swin):
+    """Pale-T or Swin-T (as in mmdet's Swin Mask R-CNN configs: C=96, depths 2-2-6-2,
+    window 7), without stochastic depth."""
+    import torch
+    torch.manual_seed(0)
     if name == 'pale_t':
         from pale_mm import PaleTransformer
         return PaleTransformer('tiny', drop_path_rate=0.)
-    from mmdet.models.backbones import SwinTransformer
-    # Swin-T as in mmdet's Swin Mask R-CNN configs: C=96, depths 2-2-6-2, window 7
-    return SwinTransformer(embed_dims=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24),
-                           window_size=7, drop_path_rate=0.)
+    if swin == 'mmdet':
+        from mmdet.models.backbones import SwinTransformer
+        return SwinTransformer(embed_dims=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24),
+                               window_size=7, drop_path_rate=0.)
+    import timm
+    from timm.layers import PatchEmbed
+    return timm.create_model('swin_tiny_patch4_window7_224', pretrained=False,
+                             features_only=True, img_size=parse_size(size), drop_path_rate=0.,
+                             embed_layer=functools.partial(PatchEmbed, dynamic_img_pad=True))
 
 
-def _sync(device):
+def describe(name, swin):
+    """How the model was built, with the defaults of Pale's memory options."""
+    if name == 'pale_t':
+        from pale_mm import PaleTransformer
+        params = inspect.signature(PaleTransformer).parameters
+        defaults = ', '.join(f'{k}={params[k].default!r}'
+                             for k in ('with_cp', 'memory_efficient') if k in params)
+        return f"pale_mm PaleTransformer('tiny', drop_path_rate=0.0); defaults {defaults}"
+    if swin == 'mmdet':
+        import mmdet
+        return (f'mmdet {mmdet.__version__} SwinTransformer(embed_dims=96, depths=(2, 2, 6, 2), '
+                'num_heads=(3, 6, 12, 24), window_size=7, drop_path_rate=0.0)')
+    import timm
+    return (f"timm {timm.__version__} swin_tiny_patch4_window7_224(features_only=True, "
+            'img_size=the input size, drop_path_rate=0.0, PatchEmbed dynamic_img_pad=True)')
+
+
+def _sync(args):
     import torch
-    if device.startswith('cuda'):
+    if on_cuda(args):
         torch.cuda.synchronize()
 
 
-def _step(model, x, train, dtype, device):
+def _step(model, x, train, args):
     import torch
-    ctx = torch.autocast(device.split(':')[0], dtype=torch.bfloat16) \
-        if dtype == 'bfloat16' else torch.autocast(device.split(':')[0], enabled=False)
+    device_type = 'cuda' if on_cuda(args) else 'cpu'
+    if args.dtype == 'float32':
+        precision = torch.autocast(device_type, enabled=False)
+    else:
+        precision = torch.autocast(device_type, dtype=getattr(torch, args.dtype))
     if train:
-        with ctx:
+        with precision:
             outs = model(x)
             loss = sum(o.float().mean() for o in outs)
         loss.backward()
     else:
-        with torch.no_grad(), ctx:
+        with torch.no_grad(), precision:
             model(x)
 
 
@@ -103,10 +176,10 @@ def _time_block(model, x, train, args):
     times = []
     for i in range(args.warmup + args.repeats):
         model.zero_grad(set_to_none=True)
-        _sync(args.device)
+        _sync(args)
         t0 = time.perf_counter()
-        _step(model, x, train, args.dtype, args.device)
-        _sync(args.device)
+        _step(model, x, train, args)
+        _sync(args)
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
     return statistics.median(times)
@@ -117,7 +190,7 @@ def time_models(models, x, train, args):
     a block of steps of its own (warm-up, then the timed ones), as in a training loop; the
     order of the blocks alternates from round to round, so that a machine whose speed drifts
     slows both alike. Returns each model's median over the rounds and the median of the
-    per-round ratios first model / second model."""
+    per-round ratios first model / second model (None for one model)."""
     names = list(models)
     per_round = {name: [] for name in names}
     ratios = []
@@ -126,14 +199,16 @@ def time_models(models, x, train, args):
             per_round[name].append(_time_block(models[name], x, train, args))
         if len(names) == 2:
             ratios.append(per_round[names[0]][-1] / per_round[names[1]][-1])
-    return {name: statistics.median(t) for name, t in per_round.items()}, ratios
+    return ({name: statistics.median(t) for name, t in per_round.items()},
+            statistics.median(ratios) if ratios else None)
 
 
 # Kinds of operator for ``--modes profile``, matched in order on the profiler's event name;
 # each event's own time (without the operators it calls) goes to the first kind it matches.
 OP_KINDS = (
     ('matrix products', ('aten::mm', 'aten::addmm', 'aten::bmm', 'aten::baddbmm')),
-    ('fused attention', ('scaled_dot_product', 'flash_attention', 'efficient_attention')),
+    ('fused attention', ('scaled_dot_product', 'flash_attention', 'efficient_attention',
+                         'cudnn_attention')),
     ('softmax', ('softmax',)),
     ('convolutions', ('conv', 'im2col', 'col2im')),
     ('norms', ('layer_norm', 'batch_norm')),
@@ -153,43 +228,64 @@ def op_kind(name):
     return OTHER_KIND
 
 
-def profile_step(model, x, train, args):
-    """Seconds of one step by kind of operator (each event's own time), after a warm-up."""
-    import torch
+# The operators through which ``scaled_dot_product_attention`` runs each of its kernels.
+SDPA_BACKENDS = (
+    ('flash', ('aten::_scaled_dot_product_flash_attention', 'aten::_flash_attention_forward')),
+    ('memory-efficient', ('aten::_scaled_dot_product_efficient_attention',
+                          'aten::_efficient_attention_forward')),
+    ('cudnn', ('aten::_scaled_dot_product_cudnn_attention',)),
+    ('math', ('aten::_scaled_dot_product_attention_math',)),
+)
+
+
+def sdpa_backends(op_names):
+    """The SDPA kernels among the profiled operator names, e.g. ['flash'] ([] when the model
+    computes its attention without ``scaled_dot_product_attention``)."""
+    return [backend for backend, prefixes in SDPA_BACKENDS
+            if any(n.startswith(p) for n in op_names for p in prefixes)]
+
+
+def profile_step(model, x, train, args, warmup):
+    """{operator name: its own seconds} in one step after ``warmup`` untimed steps."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
     model.train(train)
-    for _ in range(max(1, args.warmup)):
+    for _ in range(warmup):
         model.zero_grad(set_to_none=True)
-        _step(model, x, train, args.dtype, args.device)
+        _step(model, x, train, args)
     model.zero_grad(set_to_none=True)
     activities = [ProfilerActivity.CPU]
-    if args.device.startswith('cuda'):
+    if on_cuda(args):
         activities.append(ProfilerActivity.CUDA)
     with profile(activities=activities) as prof:
-        _step(model, x, train, args.dtype, args.device)
-        _sync(args.device)
-    kinds = {}
+        _step(model, x, train, args)
+        _sync(args)
+    own = {}
     for e in prof.key_averages():
-        own = (e.self_device_time_total if args.device.startswith('cuda')
-               else e.self_cpu_time_total)
-        kind = op_kind(e.key)
-        kinds[kind] = kinds.get(kind, 0.) + own / 1e6
+        if e.device_type != DeviceType.CPU:  # a GPU kernel: counted in the op that ran it
+            continue
+        t = e.self_device_time_total if on_cuda(args) else e.self_cpu_time_total
+        own[e.key] = own.get(e.key, 0.) + t / 1e6
+    return own
+
+
+def by_kind(own):
+    kinds = {}
+    for name, t in own.items():
+        kind = op_kind(name)
+        kinds[kind] = kinds.get(kind, 0.) + t
     return kinds
 
 
 def print_profile(size, prof, model_names):
     cols = [(mode, m) for mode in ('forward', 'train') for m in model_names
             if mode in prof.get(m, {})]
-    if not cols:
-        return
     label = {'forward': 'forward (s)', 'train': 'fwd+bwd (s)'}
     print(f'\nwhere the time goes at {size} (one profiled step each, own time of each '
           'operator by kind):')
-    header = '| kind | ' + ' | '.join(f'{label[mode]} {m}' for mode, m in cols) + ' |'
-    print(header)
+    print('| kind | ' + ' | '.join(f'{label[mode]} {m}' for mode, m in cols) + ' |')
     print('|' + '---|' * (len(cols) + 1))
-    kinds = [k for k, _ in OP_KINDS] + [OTHER_KIND]
-    for kind in kinds + ['total']:
+    for kind in [k for k, _ in OP_KINDS] + [OTHER_KIND, 'total']:
         vals = [sum(prof[m][mode].values()) if kind == 'total'
                 else prof[m][mode].get(kind, 0.) for mode, m in cols]
         print(f'| {kind} | ' + ' | '.join(f'{v:.3f}' for v in vals) + ' |')
@@ -220,30 +316,42 @@ def _reset_peak_rss() -> None:
         pass
 
 
-def memory_probe(args):
-    """In a fresh process: peak memory growth of one forward+backward."""
+def peak_step_bytes(model, x, args):
+    """Peak memory of one forward+backward over what was in use before it."""
     import torch
-    name, size = args.memory_probe.split(':')
-    H, W = parse_size(size)
-    model = build(name).to(args.device)
     model.train()
-    x = torch.randn(args.batch, 3, H, W, device=args.device)
-    if args.device.startswith('cuda'):
+    model.zero_grad(set_to_none=True)
+    if on_cuda(args):
+        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        _step(model, x, True, args.dtype, args.device)
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
-        base = _rss_bytes()
-        _reset_peak_rss()
-        _step(model, x, True, args.dtype, args.device)
-        peak = _peak_rss_bytes() - base
-    print(json.dumps({'peak_bytes': peak}))
+        _step(model, x, True, args)
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    base = _rss_bytes()
+    _reset_peak_rss()
+    _step(model, x, True, args)
+    return _peak_rss_bytes() - base
 
 
-def measure_memory(name, size, args):
+def memory_probe(args):
+    """The CPU measurement, in a fresh process: ``--_memory-probe name:size``."""
+    import torch
+    name, size = args.memory_probe.split(':')
+    model = build(name, size, args.swin)
+    x = torch.randn(args.batch, 3, *parse_size(size))
+    print(json.dumps({'peak_bytes': peak_step_bytes(model, x, args)}))
+
+
+def measure_memory(name, size, models, x, args):
+    """Peak bytes of one forward+backward: on a GPU in this process (the allocator's own
+    count), on the CPU in a fresh process (the resident set counts allocations of every
+    kind, and this process's earlier steps would hide a smaller peak)."""
+    if on_cuda(args):
+        return peak_step_bytes(models[name], x, args)
     cmd = [sys.executable, osp.abspath(__file__), '--_memory-probe', f'{name}:{size}',
-           '--batch', str(args.batch), '--device', args.device, '--dtype', args.dtype]
+           '--batch', str(args.batch), '--device', args.device, '--dtype', args.dtype,
+           '--swin', args.swin]
     if args.threads:
         cmd += ['--threads', str(args.threads)]
     res = subprocess.run(cmd, capture_output=True, text=True)
@@ -252,22 +360,68 @@ def measure_memory(name, size, args):
     return json.loads(res.stdout.strip().splitlines()[-1])['peak_bytes']
 
 
-def mm_rate(device):
-    """Multiply-accumulates per second of a dense float32 2048x2048 matrix product."""
+def mm_rate(args):
+    """Multiply-accumulates per second of a dense square matrix product in the run's dtype
+    (2048 on the CPU, 8192 on a GPU, where 2048 is too small to fill the chip)."""
     import torch
-    n = 2048
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
+    n = 8192 if on_cuda(args) else 2048
+    a = torch.randn(n, n, device=args.device, dtype=getattr(torch, args.dtype))
+    b = torch.randn_like(a)
     for _ in range(2):
         torch.mm(a, b)
     times = []
     for _ in range(5):
-        _sync(device)
+        _sync(args)
         t0 = time.perf_counter()
         torch.mm(a, b)
-        _sync(device)
+        _sync(args)
         times.append(time.perf_counter() - t0)
-    return n**3 / statistics.median(times)
+    return n, n**3 / statistics.median(times)
+
+
+TABLE_COLUMNS = (('forward_img_per_s', 'forward img/s', '{:.1f}'),
+                 ('train_img_per_s', 'fwd+bwd img/s', '{:.1f}'),
+                 ('peak_mib', 'fwd+bwd peak MiB', '{:.0f}'))
+RATIO_COLUMNS = (('forward_s', 'forward time Pale/Swin'),
+                 ('train_s', 'fwd+bwd time Pale/Swin'),
+                 ('peak_mib', 'fwd+bwd peak Pale/Swin'))
+
+
+def print_report(report, args):
+    print(f"\ndevice: {report['device']} ({report['device_name']}); dtype {args.dtype}; "
+          f"batch {args.batch}; {args.rounds} rounds of {args.repeats} timed steps after "
+          f"{args.warmup} warm-up per model; torch {report['torch']}")
+    for name, text in report['models'].items():
+        print(f'{name}: {text}')
+    results, names = report['results'], args.models
+    cols = [c for c in TABLE_COLUMNS
+            if any(c[0] in r[m] for r in results.values() for m in names)]
+    ratios = [c for c in RATIO_COLUMNS
+              if any(c[0] in r.get('ratio', {}) for r in results.values())]
+    if cols:
+        header = ['size'] + [f'{label} {m}' for _, label, _ in cols for m in names]
+        header += [label for _, label in ratios]
+        print('\n| ' + ' | '.join(header) + ' |')
+        print('|' + '---|' * len(header))
+        for size, r in results.items():
+            row = [size] + [fmt.format(r[m][key]) for key, _, fmt in cols for m in names]
+            row += [f"{r['ratio'][key]:.2f}" for key, _ in ratios]
+            print('| ' + ' | '.join(row) + ' |')
+    print('\nscaled_dot_product_attention kernels that ran (one profiled fwd+bwd step):')
+    print('| size | ' + ' | '.join(names) + ' |')
+    print('|' + '---|' * (len(names) + 1))
+    for size, r in results.items():
+        print(f'| {size} | ' + ' | '.join(', '.join(r['sdpa'][m]) or 'none (no SDPA call)'
+                                           for m in names) + ' |')
+    for size, r in results.items():
+        if 'profile' in r:
+            print_profile(size, r['profile'], names)
+    util = report['utilisation']
+    if util:
+        print(f"\nPale-T forward at {util['size']}x{util['size']}: "
+              f"{util['pale_t_macs_per_s'] / 1e9:.1f} GMAC/s; torch.mm {util['mm_size']}^2 "
+              f"{args.dtype}: {util['mm_macs_per_s'] / 1e9:.1f} GMAC/s; "
+              f"fraction {util['fraction']:.2f}")
 
 
 def main(argv=None):
@@ -278,86 +432,68 @@ def main(argv=None):
     if args.memory_probe:
         return memory_probe(args)
 
-    from pale_mm.analysis import complexity
     results = {}
-    rate = None
+    mm = None
     for size in args.sizes:
-        H, W = parse_size(size)
-        x = torch.randn(args.batch, 3, H, W, device=args.device)
-        models = {}
-        for name in args.models:
-            torch.manual_seed(0)
-            models[name] = build(name).to(args.device)
-        r = results.setdefault(size, {name: {} for name in args.models})
-        for mode, key in (('forward', 'forward_s'), ('train', 'train_s')):
+        x = torch.randn(args.batch, 3, *parse_size(size), device=args.device)
+        models = {name: build(name, size, args.swin).to(args.device) for name in args.models}
+        r = results[size] = {name: {} for name in args.models}
+        for mode in ('forward', 'train'):
             if mode not in args.modes:
                 continue
-            times, ratios = time_models(models, x, mode == 'train', args)
+            times, ratio = time_models(models, x, mode == 'train', args)
             for name in args.models:
-                r[name][key] = times[name]
-            if ratios:
-                r.setdefault('ratio', {})[key] = statistics.median(ratios)
+                r[name][f'{mode}_s'] = times[name]
+                r[name][f'{mode}_img_per_s'] = args.batch / times[name]
+            if ratio is not None:
+                r.setdefault('ratio', {})[f'{mode}_s'] = ratio
             if mode == 'forward' and size == str(args.util_size):
-                rate = mm_rate(args.device)  # right after, on the machine as it is now
-        if 'profile' in args.modes:
-            prof = r.setdefault('profile', {})
-            for mode in ('forward', 'train'):
-                for name in args.models:
-                    prof.setdefault(name, {})[mode] = profile_step(
-                        models[name], x, mode == 'train', args)
-        del models
+                mm = mm_rate(args)  # right after, on the machine as it is now
+        # one profiled training step per model: which SDPA kernels ran (and, for
+        # --modes profile, where the time went)
+        warmup = 0 if 'train' in args.modes else 1
+        r['sdpa'] = {}
+        for name in args.models:
+            own = profile_step(models[name], x, True, args, warmup)
+            r['sdpa'][name] = sdpa_backends(own)
+            if 'profile' in args.modes:
+                forward = profile_step(models[name], x, False, args, 1)
+                r.setdefault('profile', {})[name] = dict(forward=by_kind(forward),
+                                                         train=by_kind(own))
         if 'memory' in args.modes:
             for name in args.models:
-                r[name]['peak_mib'] = measure_memory(name, size, args) / 2**20
-    # fraction of the dense matmul rate reached by Pale-T's forward at 512x512
+                r[name]['peak_mib'] = measure_memory(name, size, models, x, args) / 2**20
+            if len(args.models) == 2:
+                r.setdefault('ratio', {})['peak_mib'] = (r['pale_t']['peak_mib'] /
+                                                         r['swin_t']['peak_mib'])
+        del models, x
+        if on_cuda(args):
+            torch.cuda.empty_cache()
+
     util = None
     us = str(args.util_size)
-    if 'pale_t' in args.models and 'forward' in args.modes and us in results:
-        model = build('pale_t').eval()
-        macs = complexity(model, torch.randn(1, 3, args.util_size, args.util_size))['macs']
-        util = dict(size=args.util_size,
-                    pale_t_macs_per_s=macs * args.batch / results[us]['pale_t']['forward_s'],
-                    mm_macs_per_s=rate)
-        util['fraction'] = util['pale_t_macs_per_s'] / rate
+    if mm and 'pale_t' in args.models:
+        from pale_mm.flops import complexity
+        macs = complexity(build('pale_t', us, args.swin).eval(),
+                          torch.randn(1, 3, args.util_size, args.util_size))['macs']
+        util = dict(size=args.util_size, mm_size=mm[0], mm_macs_per_s=mm[1],
+                    pale_t_macs_per_s=macs * results[us]['pale_t']['forward_img_per_s'])
+        util['fraction'] = util['pale_t_macs_per_s'] / mm[1]
 
-    device = (torch.cuda.get_device_name() if args.device.startswith('cuda') else
-              f'{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads')
-    print(f'\ndevice: {args.device} ({device}); dtype {args.dtype}; batch {args.batch}; '
-          f'{args.rounds} rounds of {args.repeats} timed steps after {args.warmup} warm-up '
-          f'per model; torch {torch.__version__}')
-    cols = [('forward_s', 'forward (s)'), ('train_s', 'fwd+bwd (s)'),
-            ('peak_mib', 'fwd+bwd peak (MiB)')]
-    cols = [c for c in cols if any(c[0] in r.get(m, {}) for r in results.values()
-                                   for m in args.models)]
-    header = '| size | ' + ' | '.join(
-        f'{label} {m}' for key, label in cols for m in args.models)
-    both = set(MODELS) <= set(args.models)
-    if both:
-        header += ' | ' + ' | '.join(f'{label} Pale/Swin' for key, label in cols)
-    if cols:
-        print(header + ' |')
-        print('|' + '---|' * (header.count('|')))
-    for size, r in results.items():
-        if not cols:
-            break
-        row = [size] + [f"{r[m][key]:.3f}" if key != 'peak_mib' else f"{r[m][key]:.0f}"
-                        for key, _ in cols for m in args.models]
-        if both:  # timings: the median of the per-round ratios; memory: one probe each
-            row += [f"{r.get('ratio', {}).get(key, r['pale_t'][key] / r['swin_t'][key]):.2f}"
-                    for key, _ in cols]
-        print('| ' + ' | '.join(row) + ' |')
-    for size, r in results.items():
-        if 'profile' in r:
-            print_profile(size, r['profile'], args.models)
-    if util:
-        print(f"\nPale-T forward at {us}x{us}: {util['pale_t_macs_per_s'] / 1e9:.1f} GMAC/s; "
-              f"torch.mm 2048x2048 float32: {util['mm_macs_per_s'] / 1e9:.1f} GMAC/s; "
-              f"fraction {util['fraction']:.2f}")
+    report = dict(
+        device=args.device, dtype=args.dtype, batch=args.batch, torch=torch.__version__,
+        device_name=(torch.cuda.get_device_name(args.device) if on_cuda(args) else
+                     f'{platform.processor() or platform.machine()}, '
+                     f'{torch.get_num_threads()} threads'),
+        timing=dict(rounds=args.rounds, repeats=args.repeats, warmup=args.warmup),
+        models={name: describe(name, args.swin) for name in args.models},
+        results=results, utilisation=util)
+    print_report(report, args)
     if args.json:
+        text = json.dumps(report, indent=2)
         with open(args.json, 'w') as f:
-            json.dump(dict(results=results, utilisation=util, device=device,
-                           dtype=args.dtype, batch=args.batch), f, indent=2)
-    return results, util
+            f.write(text)
+    return report
 
 
 if __name__ == '__main__':
