@@ -39,6 +39,14 @@ optim_wrapper = dict(
     paramwise_cfg=dict(
         norm_decay_mult=0.,  # no decay on norms (LayerNorm and the Q/K/V BatchNorms)
         custom_keys={'.cpe.': dict(decay_mult=0.)}))  # nor on the conv position encodings
+# Layer-wise lr decay instead (optional: not in the paper, not tuned here), in a config that
+# inherits this one:
+#   optim_wrapper = dict(constructor='PaleLayerDecayOptimizerConstructor',
+#                        paramwise_cfg=dict(_delete_=True, decay_rate=0.9))
+# One layer id per block (22): the stem trains at 0.9^23 = 0.09 x lr (mmdet's ConvNeXt-T
+# recipe gives its stem 0.7^7 = 0.08), the last block at 0.9 x lr, the output norms, FPN and
+# heads at lr; still no weight decay on norms, biases and cpe. decay_type='stage_wise' and
+# num_layers as in mmdet's LearningRateDecayOptimizerConstructor (docs/your_config.md).
 
 param_scheduler = [
     # linear warm-up over 1000 iterations (Swin/CSWin recipe; mmdet's 1x has 500)

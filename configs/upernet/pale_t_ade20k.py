@@ -45,6 +45,14 @@ optim_wrapper = dict(
         'norm': dict(decay_mult=0.),
         'cpe': dict(decay_mult=0.),
     }))
+# Layer-wise lr decay instead (optional: not in the paper, not tuned here), in a config that
+# inherits this one:
+#   optim_wrapper = dict(constructor='PaleLayerDecayOptimizerConstructor',
+#                        paramwise_cfg=dict(_delete_=True, decay_rate=0.9))
+# One layer id per block (22): the stem trains at 0.9^23 = 0.09 x lr, the last block at
+# 0.9 x lr, the output norms and both heads at lr; still no weight decay on norms, biases and
+# cpe. mmseg's ConvNeXt recipe (decay_type='stage_wise', num_layers=12, decay_rate=0.9) works
+# the same way (docs/your_config.md).
 param_scheduler = [
     # Swin/CSWin recipe: linear warm-up over 1500 iterations, then poly decay (power 1)
     dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=1500),

@@ -1,0 +1,170 @@
+"""mmdet's and mmseg's own tools/train.py and tools/test.py (installed under the packages'
+``.mim/tools/``) and their inferencers (DetInferencer, MMSegInferencer) run the project's
+configs through ``custom_imports`` alone: each library in one fresh Python process that never
+imports pale_mm itself, on the synthetic data. The mmseg run takes its Pale weights from a
+URL (a local HTTP server on 127.0.0.1) through mmseg's train.py."""
+import functools
+import http.server
+import json
+import os
+import os.path as osp
+import subprocess
+import sys
+import threading
+
+import pytest
+import torch
+
+from det_common import (LIGHT_HEADS, NO_VAL, ROOT, coco_data, data_options, logged_test_metrics,
+                        torch_threads_env, write_small_config)
+from pale_mm.data.synthetic_ade import ade_cfg_options, format_cfg_options, make_ade
+
+# Runs in the child: the library's scripts as __main__ (argv as on the command line), then
+# its inferencer on the config with the given overrides; prints what it found as json.
+DRIVER = r'''
+import json, runpy, sys
+spec = json.loads(sys.argv[1])
+found = dict(pale_mm_before=('pale_mm' in sys.modules))
+
+
+def run(script, args):
+    sys.argv = [script] + args
+    try:
+        runpy.run_path(script, run_name='__main__')
+    except SystemExit as e:
+        if e.code not in (0, None):
+            raise
+
+
+run(spec['tools'] + '/train.py', spec['train'])
+run(spec['tools'] + '/test.py', spec['test'])
+found['pale_mm_after_tools'] = 'pale_mm' in sys.modules
+
+from mmengine.config import Config, DictAction
+cfg = Config.fromfile(spec['config'])
+cfg.merge_from_dict({k: DictAction._parse_iterable(v) for k, v in
+                     (o.split('=', 1) for o in spec['inferencer_options'])})
+if spec['scope'] == 'mmdet':
+    from mmdet.apis import DetInferencer as Inferencer
+else:
+    from mmseg.apis import MMSegInferencer as Inferencer
+inferencer = Inferencer(model=cfg, weights=spec['checkpoint'], device='cpu')
+result = inferencer(spec['image'], return_vis=False)
+prediction = result['predictions']
+prediction = prediction[0] if isinstance(prediction, list) else prediction
+if isinstance(prediction, dict):
+    found['prediction'] = {k: len(v) for k, v in prediction.items() if k in ('labels', 'bboxes')}
+else:
+    found['prediction'] = list(prediction.shape)
+print('FOUND ' + json.dumps(found))
+'''
+
+
+def _library_tools(scope):
+    import importlib
+    tools = osp.join(osp.dirname(importlib.import_module(scope).__file__), '.mim', 'tools')
+    assert osp.isfile(osp.join(tools, 'train.py')), tools
+    return tools
+
+
+def _run_driver(spec, env):
+    proc = subprocess.run([sys.executable, '-c', DRIVER, json.dumps(spec)], cwd=spec['cwd'],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    line = [x for x in proc.stdout.splitlines() if x.startswith('FOUND ')][-1]
+    return json.loads(line[len('FOUND '):]), proc.stdout + proc.stderr
+
+
+def test_mmdet_tools_and_det_inferencer(tmp_path, tmp_path_factory):
+    info = coco_data(tmp_path_factory)
+    config = write_small_config(tmp_path)
+    options = data_options(info) + LIGHT_HEADS + [
+        NO_VAL, 'model.backbone.init_cfg=None', 'model.backbone.drop_path_rate=0.',
+        'train_cfg.max_epochs=1', 'default_hooks.logger.interval=1']
+    image = sorted(os.listdir(info['val']['img_dir']))[0]
+    spec = dict(
+        scope='mmdet', tools=_library_tools('mmdet'), cwd=str(tmp_path), config=config,
+        train=[config, '--work-dir', str(tmp_path / 'train'), '--cfg-options'] + options,
+        test=[config, str(tmp_path / 'train' / 'epoch_1.pth'), '--work-dir',
+              str(tmp_path / 'test'), '--cfg-options'] + options,
+        checkpoint=str(tmp_path / 'train' / 'epoch_1.pth'),
+        inferencer_options=[o for o in options if o.startswith(('model.', 'test_dataloader'))],
+        image=osp.join(info['val']['img_dir'], image))
+    found, log = _run_driver(spec, torch_threads_env(1))
+    assert found['pale_mm_before'] is False and found['pale_mm_after_tools'] is True
+    metrics = logged_test_metrics(tmp_path / 'test')
+    assert 'coco/bbox_mAP' in metrics and 'coco/segm_mAP' in metrics
+    assert set(found['prediction']) == {'labels', 'bboxes'}
+    assert found['prediction']['labels'] == found['prediction']['bboxes']
+
+
+SMALL_SEG = """_base_ = [{base!r}]
+model = dict(
+    backbone=dict(arch=dict(_delete_=True, embed_dims=16, depths=[1, 1, 2, 1],
+                            num_heads=[2, 2, 4, 4]),
+                  drop_path_rate=0.,
+                  init_cfg=dict(type='Pretrained', checkpoint={url!r})),
+    decode_head=dict(in_channels=[16, 32, 64, 128], channels=32),
+    auxiliary_head=dict(in_channels=64, channels=16))
+"""
+
+
+@pytest.fixture
+def weights_server(tmp_path):
+    """Serves tmp_path/www on 127.0.0.1; stops after the test (or by itself after 10 min)."""
+    root = tmp_path / 'www'
+    root.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0),
+                                            functools.partial(Quiet, directory=str(root)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    stopper = threading.Timer(600, httpd.shutdown)
+    stopper.start()
+    yield root, f'http://127.0.0.1:{httpd.server_address[1]}'
+    stopper.cancel()
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(5)
+
+
+def test_mmseg_tools_and_seg_inferencer(tmp_path, weights_server):
+    from pale_mm.models import PaleTransformer
+    www, base_url = weights_server
+    backbone = PaleTransformer(dict(embed_dims=16, depths=[1, 1, 2, 1], num_heads=[2, 2, 4, 4]))
+    backbone.init_weights()
+    torch.save({'state_dict': {f'backbone.{k}': v for k, v in backbone.state_dict().items()}},
+               www / 'pale_small_in1k.pth')
+    ade = make_ade(str(tmp_path / 'ade'), num_train=4, num_val=3, image_size=(64, 64))
+    config = tmp_path / 'pale_small_upernet.py'
+    config.write_text(SMALL_SEG.format(
+        base=osp.join(ROOT, 'configs', 'upernet', 'pale_t_ade20k.py'),
+        url=f'{base_url}/pale_small_in1k.pth'))
+    opts = ade_cfg_options(ade)
+    opts.update({'train_cfg.max_iters': 2, 'train_cfg.val_begin': 1000,
+                 'default_hooks.checkpoint.interval': 2, 'default_hooks.logger.interval': 1,
+                 'train_dataloader.batch_size': 2})
+    options = format_cfg_options(opts)
+    checkpoint = str(tmp_path / 'train' / 'iter_2.pth')
+    env = torch_threads_env(1)
+    env['TORCH_HOME'] = str(tmp_path / 'torch_home')
+    image = sorted(os.listdir(osp.join(ade['root'], 'images', 'validation')))[0]
+    spec = dict(
+        scope='mmseg', tools=_library_tools('mmseg'), cwd=str(tmp_path), config=str(config),
+        train=[str(config), '--work-dir', str(tmp_path / 'train'), '--cfg-options'] + options,
+        test=[str(config), checkpoint, '--work-dir', str(tmp_path / 'test'),
+              '--cfg-options'] + options,
+        checkpoint=checkpoint,
+        inferencer_options=[o for o in options if o.startswith(('model.', 'test_dataloader'))],
+        image=osp.join(ade['root'], 'images', 'validation', image))
+    found, log = _run_driver(spec, env)
+    assert found['pale_mm_before'] is False and found['pale_mm_after_tools'] is True
+    # Pale's weights came from the URL, through mmseg's own train.py
+    assert f'PaleTransformer: loaded {len(backbone.state_dict())}/' in log
+    assert f'from {base_url}/pale_small_in1k.pth' in log
+    assert 'mIoU' in logged_test_metrics(tmp_path / 'test')
+    assert found['prediction'] == [64, 64]

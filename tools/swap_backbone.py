@@ -1,0 +1,81 @@
+"""Put a Pale backbone into an mmdet or mmseg config.
+
+    python tools/swap_backbone.py mmdet::fcos/fcos_r50-caffe_fpn_gn-head_1x_coco.py \\
+        --arch tiny --pretrained checkpoints/pale_t_in1k.pth -o work_dirs/fcos_pale_t.py
+
+writes a config that inherits CONFIG (``_base_``), puts ``PaleTransformer`` in and sets what
+follows from it (out_indices, the neck's and heads' in_channels / in_index, RGB ImageNet
+normalisation, no segmentor-level ``pretrained``, ``paramwise_cfg`` keys for Pale's
+parameters, Pale's layer-decay constructor), and prints each change with its reason
+(:mod:`pale_mm.swap`). CONFIG is a file or a library's config as ``mmdet::path`` /
+``mmseg::path``. A config it cannot rewrite safely is refused with the key to set by hand.
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+from pale_mm.errors import PaleError  # noqa: E402
+from pale_mm.swap import SwapError, render_config, resolve_config, swap_backbone  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Put a Pale backbone into an mmdet or mmseg '
+                                     'config')
+    parser.add_argument('config', help='the config (a file, or mmdet::path / mmseg::path)')
+    parser.add_argument('--arch', choices=['tiny', 'small', 'base'], default='tiny',
+                        help='Pale variant (default: tiny)')
+    parser.add_argument('--pretrained', metavar='PATH_OR_URL',
+                        help="Pale's ImageNet checkpoint for the backbone's init_cfg (a path "
+                        'or a URL: https://, open-mmlab://, ...); without it Pale trains from '
+                        'scratch')
+    parser.add_argument('--out-indices', type=int, nargs='+', metavar='STAGE',
+                        help="the Pale stage (0..3, strides 4..32) for each of the old "
+                        "backbone's outputs, for backbones the tool cannot place itself")
+    parser.add_argument('-o', '--out', required=True, help='the config file to write')
+    return parser.parse_args(argv)
+
+
+def check_builds(path: str) -> None:
+    """Build the model of the written config (no weights are loaded)."""
+    from mmengine.config import Config
+    from mmengine.registry import MODELS, init_default_scope
+    cfg = Config.fromfile(path)
+    init_default_scope(cfg.get('default_scope', 'mmdet'))
+    try:
+        MODELS.build(cfg.model)
+    except Exception as e:  # whatever the library raises: reported as one line
+        raise SwapError(f'the rewritten config does not build its model ({type(e).__name__}: '
+                        f'{e}); nothing was written') from None
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    out = osp.abspath(args.out)
+    tmp = osp.join(osp.dirname(out), f'.{osp.basename(out)}.{os.getpid()}.tmp.py')
+    command = 'python tools/swap_backbone.py ' + ' '.join(argv if argv is not None
+                                                           else sys.argv[1:])
+    try:
+        config = resolve_config(args.config)
+        swap = swap_backbone(config, args.arch, args.pretrained, args.out_indices)
+        os.makedirs(osp.dirname(out), exist_ok=True)
+        with open(tmp, 'w') as f:
+            f.write(render_config(args.config if '::' in args.config else config, swap, out,
+                                  command))
+        check_builds(tmp)
+        os.replace(tmp, out)
+    except PaleError as e:
+        sys.exit(f'swap_backbone.py: error: {e}')
+    finally:
+        if osp.exists(tmp):
+            os.unlink(tmp)
+    print(f'wrote {args.out} (inherits {args.config}); changes:')
+    for line in swap.changes:
+        print(f'  - {line}')
+    return out
+
+
+if __name__ == '__main__':
+    main()
