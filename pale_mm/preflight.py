@@ -3,7 +3,7 @@ failing at once with a message that names the path, the config key and the fix."
 import os.path as osp
 import warnings
 
-from .errors import LaunchError
+from .errors import LaunchError, PaleError
 
 LAYOUT_HINTS = {
     'CocoDataset': ('data/coco/annotations/instances_{train,val}2017.json and the images in '
@@ -103,8 +103,15 @@ def check_pretrained(cfg, resuming: bool) -> None:
     When resuming or loading whole-model weights (``load_from``), the pretrained weights
     are overwritten anyway: a missing file is then skipped with a warning instead.
     """
+    from .checkpoint import resolve_checkpoint_url
     for key, path in list(_pretrained_checkpoints(cfg.model)):
-        if is_remote(path) or osp.isfile(osp.expanduser(path)):
+        if is_remote(path):  # a URL: its scheme and model-zoo name, without the network
+            try:
+                resolve_checkpoint_url(path)
+            except PaleError as e:
+                raise LaunchError(f'{key}.checkpoint: {e}') from None
+            continue
+        if osp.isfile(osp.expanduser(path)):
             continue
         if resuming or cfg.get('load_from'):
             warnings.warn(f'pretrained checkpoint {path} ({key}) not found; not needed since '

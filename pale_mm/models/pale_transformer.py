@@ -13,7 +13,6 @@ follows cheap ops (GELU; depthwise conv and BatchNorm; the scatter of the attent
 training keeps the cheap ops' input rather than their output and recomputes them in the
 backward (:mod:`pale_mm.models.low_memory`): a block keeps about 13 C per token instead of 24 C.
 """
-import warnings
 from typing import Dict, Optional, Sequence, Union
 
 import torch
@@ -440,11 +439,13 @@ class PaleTransformer(BaseModule):
                  pretrained: str = None,
                  init_cfg: Dict = None):
         if pretrained is not None:
-            if init_cfg is not None:
-                raise PaleConfigError('PaleTransformer: set init_cfg or pretrained, not both')
-            warnings.warn('PaleTransformer: `pretrained` is deprecated, use '
-                          "init_cfg=dict(type='Pretrained', checkpoint=...)")
-            init_cfg = dict(type='Pretrained', checkpoint=pretrained)
+            # mmseg's segmentors hand their own `pretrained` (the weights of the backbone the
+            # config was written for: open-mmlab://resnet50_v1c, a Swin URL) to the backbone.
+            raise PaleConfigError(
+                f'PaleTransformer got pretrained={pretrained!r}, the segmentor-level weights '
+                'of the backbone this config was written for. Set model.pretrained=None '
+                '(--cfg-options model.pretrained=None) and give Pale weights as '
+                "model.backbone.init_cfg=dict(type='Pretrained', checkpoint=PATH_OR_URL)")
         super().__init__(init_cfg=init_cfg)
 
         checked = check_args(arch=arch, pale_size=pale_size, out_indices=out_indices,
