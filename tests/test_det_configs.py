@@ -138,8 +138,8 @@ def test_missing_dataset_stops_at_once(tmp_path, monkeypatch):
     assert 'data/coco/annotations/instances_{train,val}2017.json' in msg
     assert '--cfg-options train_dataloader.dataset.data_root=' in msg
 
-    ckpt = tmp_path / 'model.pth'
-    ckpt.write_bytes(b'')
+    ckpt = tmp_path / 'model.pth'  # a whole checkpoint file: the data is what is missing
+    torch.save({'meta': {}, 'state_dict': {}}, ckpt)
     with pytest.raises(SystemExit) as exc:
         tool('test').main([config, str(ckpt)])
     msg = str(exc.value.code)
