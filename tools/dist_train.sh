@@ -2,7 +2,11 @@
 # Usage: bash tools/dist_train.sh CONFIG N [train.py options]
 # N processes on this machine (one per GPU; on a machine without GPUs, N CPU processes over
 # gloo). For several machines set NNODES, NODE_RANK, MASTER_ADDR and PORT on each.
-set -e
+#
+# SIGTERM or SIGUSR1 to this script (or to the whole process group) makes training save a
+# checkpoint after its current iteration and stop; the script then exits with 75
+# ("preempted, resume me": run it again with --resume). Training processes get
+# SHUTDOWN_TIMEOUT seconds (default 300) for that before torchrun kills them.
 CONFIG=$1
 NPROC=$2
 if [ -z "$CONFIG" ] || [ -z "$NPROC" ]; then
@@ -13,8 +17,35 @@ NODE_RANK=${NODE_RANK:-0}
 PORT=${PORT:-29500}
 MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
 PYTHON=${PYTHON:-python}
+SHUTDOWN_TIMEOUT=${SHUTDOWN_TIMEOUT:-300}
+PREEMPTED_EXIT_CODE=75
 here="$(cd "$(dirname "$0")" && pwd)"
-PYTHONPATH="$here/..${PYTHONPATH:+:$PYTHONPATH}" exec "$PYTHON" -m torch.distributed.run \
+
+# rank 0 writes the checkpoint's path here when preempted (torchrun reports any worker's
+# exit code as a plain failure)
+export PALE_PREEMPTED_MARKER="$(mktemp "${TMPDIR:-/tmp}/pale_preempted.XXXXXX")"
+trap 'rm -f "$PALE_PREEMPTED_MARKER"' EXIT
+
+PYTHONPATH="$here/..${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m torch.distributed.run \
   --nnodes="$NNODES" --node_rank="$NODE_RANK" --master_addr="$MASTER_ADDR" \
   --nproc_per_node="$NPROC" --master_port="$PORT" \
-  "$here/train.py" "$CONFIG" --launcher pytorch "${@:3}"
+  --signals_to_handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1 \
+  --shutdown_timeout="$SHUTDOWN_TIMEOUT" \
+  "$here/train.py" "$CONFIG" --launcher pytorch "${@:3}" &
+torchrun=$!
+# pass a signal to this script on to torchrun, which passes it on to the training processes
+trap 'kill -TERM $torchrun 2>/dev/null' TERM
+trap 'kill -USR1 $torchrun 2>/dev/null' USR1
+trap 'kill -INT $torchrun 2>/dev/null' INT
+# wait returns early when a trapped signal arrives: wait again until torchrun has exited
+while true; do
+  wait $torchrun
+  status=$?
+  kill -0 $torchrun 2>/dev/null || break
+done
+if [ -s "$PALE_PREEMPTED_MARKER" ]; then
+  echo "dist_train.sh: preempted; checkpoint $(cat "$PALE_PREEMPTED_MARKER"); run again" \
+    "with --resume to continue" >&2
+  exit $PREEMPTED_EXIT_CODE
+fi
+exit $status

@@ -9,7 +9,7 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from pale_mm import config, preflight, work_dir  # noqa: E402
+from pale_mm import config, preemption, preflight, work_dir  # noqa: E402
 from pale_mm.errors import PaleError  # noqa: E402
 from pale_mm.runner import build_runner  # noqa: E402
 
@@ -32,6 +32,7 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         cfg = config.prepare_run(args, train=True)
+        preemption.enable_preemption(cfg)  # SIGTERM/SIGUSR1: save, exit 75 (docs/cluster.md)
         if args.amp:
             config.enable_amp(cfg)
         if args.auto_scale_lr:
