@@ -49,16 +49,16 @@ def _markdown_rows(text, first_header_cell):
 
 
 def test_benchmark_report(tmp_path, capsys):
-    """A tiny run of every mode: the JSON holds what the table printed, every number is
-    finite and positive, the ratios are those of the numbers, and the attention kernels and
-    operator kinds are those the two models are built from. Nothing about which is faster:
-    that depends on how busy the machine is."""
+    """A tiny run: the JSON holds what the table printed, every number is finite and
+    positive, the ratios are those of the numbers, and the attention kernels and operator
+    kinds are those the two models are built from. Nothing about which is faster: that
+    depends on how busy the machine is. (Peak memory: test_gpu_check_on_cpu.)"""
     import benchmark
     out = tmp_path / 'bench.json'
     threads = torch.get_num_threads()  # --threads sets this process's
     benchmark.main(['--sizes', '64', '--batch', '2', '--repeats', '1', '--warmup',
                     '0', '--rounds', '1', '--threads', '1', '--util-size', '64', '--modes',
-                    'forward', 'train', 'memory', 'profile', '--json', str(out)])
+                    'forward', 'train', 'profile', '--json', str(out)])
     torch.set_num_threads(threads)
     text = capsys.readouterr().out
     data = json.loads(out.read_text())
@@ -74,21 +74,17 @@ def test_benchmark_report(tmp_path, capsys):
     for size, r in data['results'].items():
         for model in ('pale_t', 'swin_t'):
             m = r[model]
-            for key in ('forward_s', 'train_s', 'peak_mib'):
+            for key in ('forward_s', 'train_s'):
                 assert math.isfinite(m[key]) and m[key] > 0, (size, model, key)
             assert m['forward_img_per_s'] == pytest.approx(2 / m['forward_s'])
             assert m['train_img_per_s'] == pytest.approx(2 / m['train_s'])
             row = table[size]
             assert row[f'forward img/s {model}'] == f"{m['forward_img_per_s']:.1f}"
             assert row[f'fwd+bwd img/s {model}'] == f"{m['train_img_per_s']:.1f}"
-            assert row[f'fwd+bwd peak MiB {model}'] == f"{m['peak_mib']:.0f}"
         # one round: the ratio of the round is the ratio of the times
         assert r['ratio']['forward_s'] == pytest.approx(
             r['pale_t']['forward_s'] / r['swin_t']['forward_s'])
-        assert r['ratio']['peak_mib'] == pytest.approx(
-            r['pale_t']['peak_mib'] / r['swin_t']['peak_mib'])
         assert table[size]['fwd+bwd time Pale/Swin'] == f"{r['ratio']['train_s']:.2f}"
-        assert table[size]['fwd+bwd peak Pale/Swin'] == f"{r['ratio']['peak_mib']:.2f}"
 
         # Pale's attention is scaled_dot_product_attention, mmdet's Swin a softmax between
         # matrix products
@@ -175,7 +171,7 @@ def _gpu_check(*args, tmp_path):
 def test_gpu_check_on_cpu(tmp_path):
     """tools/gpu_check.sh --device cpu: the environment, the model tests with
     PALE_TEST_DEVICE set (here one test, to stay fast), and the bfloat16 benchmark at a tiny
-    size with its table and JSON."""
+    size with its table (peak memory from fresh processes included) and JSON."""
     out = tmp_path / 'out'
     res = _gpu_check('--device', 'cpu', '--out', str(out), '--tests',
                      'tests/test_tools.py::test_device_fixture', tmp_path=tmp_path)
@@ -186,8 +182,15 @@ def test_gpu_check_on_cpu(tmp_path):
     data = json.loads((out / 'benchmark.json').read_text())
     assert (data['device'], data['dtype'], data['batch']) == ('cpu', 'bfloat16', 2)
     assert list(data['results']) == ['64x96']
-    assert _markdown_rows(text, 'size')['64x96']['fwd+bwd peak MiB pale_t'] == (
-        f"{data['results']['64x96']['pale_t']['peak_mib']:.0f}")
+    r = data['results']['64x96']
+    row = _markdown_rows(text, 'size')['64x96']
+    for model in ('pale_t', 'swin_t'):
+        assert math.isfinite(r[model]['peak_mib']) and r[model]['peak_mib'] > 0
+        assert row[f'fwd+bwd peak MiB {model}'] == f"{r[model]['peak_mib']:.0f}"
+    assert r['ratio']['peak_mib'] == pytest.approx(
+        r['pale_t']['peak_mib'] / r['swin_t']['peak_mib'])
+    assert row['fwd+bwd peak Pale/Swin'] == f"{r['ratio']['peak_mib']:.2f}"
+    assert r['sdpa']['pale_t'] and r['sdpa']['swin_t'] == []
     assert (out / 'benchmark.txt').read_text().strip() in text
 
 

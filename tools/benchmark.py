@@ -22,8 +22,9 @@ mmdet always; timm when built for the exact input size with a patch embedding th
 
 It also reports which kernel ``scaled_dot_product_attention`` ran for each model (flash,
 memory-efficient, cuDNN or math), read from the operator names of one profiled training
-step, and the fraction of a dense matrix product's rate (``torch.mm`` in the run's dtype,
-measured right after) that Pale-T's forward reaches at ``--util-size``. ``--modes profile``
+step (with the modes ``train`` or ``profile``), and the fraction of a dense matrix
+product's rate (``torch.mm`` in the run's dtype, measured right after) that Pale-T's
+forward reaches at ``--util-size``. ``--modes profile``
 adds where the time goes: one step of each model under ``torch.profiler``, each operator's
 own time summed by kind (matrix products, the fused attention kernel, convolutions, ...),
 for the forward and the forward+backward.
@@ -148,7 +149,7 @@ def describe(name, swin):
 def _sync(args):
     import torch
     if on_cuda(args):
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(args.device)
 
 
 def _step(model, x, train, args):
@@ -320,12 +321,12 @@ def peak_step_bytes(model, x, args):
     model.train()
     model.zero_grad(set_to_none=True)
     if on_cuda(args):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
+        _sync(args)
+        torch.cuda.reset_peak_memory_stats(args.device)
+        base = torch.cuda.memory_allocated(args.device)
         _step(model, x, True, args)
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - base
+        _sync(args)
+        return torch.cuda.max_memory_allocated(args.device) - base
     base = _rss_bytes()
     _reset_peak_rss()
     _step(model, x, True, args)
@@ -405,12 +406,13 @@ def print_report(report, args):
             row = [size] + [fmt.format(r[m][key]) for key, _, fmt in cols for m in names]
             row += [f"{r['ratio'][key]:.2f}" for key, _ in ratios]
             print('| ' + ' | '.join(row) + ' |')
-    print('\nscaled_dot_product_attention kernels that ran (one profiled fwd+bwd step):')
-    print('| size | ' + ' | '.join(names) + ' |')
-    print('|' + '---|' * (len(names) + 1))
-    for size, r in results.items():
-        print(f'| {size} | ' + ' | '.join(', '.join(r['sdpa'][m]) or 'none (no SDPA call)'
-                                           for m in names) + ' |')
+    if any('sdpa' in r for r in results.values()):
+        print('\nscaled_dot_product_attention kernels that ran (one profiled fwd+bwd step):')
+        print('| size | ' + ' | '.join(names) + ' |')
+        print('|' + '---|' * (len(names) + 1))
+        for size, r in results.items():
+            print(f'| {size} | ' + ' | '.join(', '.join(r['sdpa'][m]) or 'none (no SDPA call)'
+                                               for m in names) + ' |')
     for size, r in results.items():
         if 'profile' in r:
             print_profile(size, r['profile'], names)
@@ -449,11 +451,11 @@ def main(argv=None):
                 mm = mm_rate(args)  # right after, on the machine as it is now
         # one profiled training step per model: which SDPA kernels ran (and, for
         # --modes profile, where the time went)
-        warmup = 0 if 'train' in args.modes else 1
-        r['sdpa'] = {}
         for name in args.models:
-            own = profile_step(models[name], x, True, args, warmup)
-            r['sdpa'][name] = sdpa_backends(own)
+            if not {'train', 'profile'} & set(args.modes):
+                break
+            own = profile_step(models[name], x, True, args, 0 if 'train' in args.modes else 1)
+            r.setdefault('sdpa', {})[name] = sdpa_backends(own)
             if 'profile' in args.modes:
                 forward = profile_step(models[name], x, False, args, 1)
                 r.setdefault('profile', {})[name] = dict(forward=by_kind(forward),

@@ -22,8 +22,10 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
-# The tests of the model itself; they take the `device` fixture (tests/conftest.py).
-MODEL_TESTS="tests/test_backbone.py tests/test_attention.py tests/test_memory_paths.py"
+# The tests of the model itself (those present run); the ones that take the `device`
+# fixture (tests/conftest.py) run on the GPU.
+MODEL_TESTS="tests/test_backbone.py tests/test_attention.py tests/test_memory_paths.py
+tests/test_precision.py tests/test_reference_model.py"
 WHEELS_TO_CARRY="mmengine==0.10.7 mmcv-lite==2.1.0 addict==2.4.0 termcolor==3.3.0
 yapf==0.43.0 platformdirs==4.14.8 timm==1.0.31"
 
@@ -96,14 +98,18 @@ tests_rc=$?
 
 echo "== Pale-T against Swin-T on $device, bfloat16, batch 2"
 mkdir -p "$out" || exit 2
-# shellcheck disable=SC2086
-# (KINETO_LOG_LEVEL=5: without the profiler's start/stop lines between the tables)
-KINETO_LOG_LEVEL=${KINETO_LOG_LEVEL:-5} timeout "$limit_bench" "$PYTHON" tools/benchmark.py --device "$device" --dtype bfloat16 \
-  --sizes $sizes --batch 2 --repeats $repeats --warmup $warmup --rounds $rounds \
-  $([ $threads = 0 ] || echo --threads $threads) --json "$out/benchmark.json" 2>&1 | tee "$out/benchmark.txt"
+# shellcheck disable=SC2206
+bench=(tools/benchmark.py --device "$device" --dtype bfloat16 --sizes $sizes --batch 2
+       --repeats "$repeats" --warmup "$warmup" --rounds "$rounds" --json "$out/benchmark.json")
+[ "$threads" = 0 ] || bench+=(--threads "$threads")
+# KINETO_LOG_LEVEL=5 keeps the profiler's start/stop lines out of the tables
+KINETO_LOG_LEVEL=${KINETO_LOG_LEVEL:-5} timeout "$limit_bench" "$PYTHON" "${bench[@]}" 2>&1 |
+  tee "$out/benchmark.txt"
 bench_rc=$?
 
 echo "== summary"
-echo "model tests: $([ $tests_rc = 0 ] && echo passed || echo "FAILED (exit $tests_rc)")"
-echo "benchmark: $([ $bench_rc = 0 ] && echo "done ($out/benchmark.json)" || echo "FAILED (exit $bench_rc)")"
+if [ $tests_rc = 0 ]; then echo "model tests: passed"
+else echo "model tests: FAILED (exit $tests_rc; 124: over the ${limit_tests} s limit)"; fi
+if [ $bench_rc = 0 ]; then echo "benchmark: done ($out/benchmark.json)"
+else echo "benchmark: FAILED (exit $bench_rc; 124: over the ${limit_bench} s limit)"; fi
 [ $tests_rc = 0 ] && [ $bench_rc = 0 ]
