@@ -18,23 +18,24 @@ CASES = [
 
 
 @pytest.mark.parametrize('H,W,heads,C,pale', CASES)
-def test_fast_matches_reference(H, W, heads, C, pale):
+def test_fast_matches_reference(H, W, heads, C, pale, device):
     g = torch.Generator().manual_seed(H * 100 + W)
-    q, k, v = (torch.randn(2, H, W, C, generator=g) for _ in range(3))
+    q, k, v = (torch.randn(2, H, W, C, generator=g).to(device) for _ in range(3))
     fast = pale_attention(q, k, v, pale, heads)
     ref = pale_attention_reference(q, k, v, pale, heads)
     assert fast.shape == (2, H, W, C)
     torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
 
 
-def test_gradients_match_reference():
+def test_gradients_match_reference(device):
     g = torch.Generator().manual_seed(0)
-    inputs = [torch.randn(1, 10, 12, 16, generator=g, requires_grad=True) for _ in range(3)]
+    inputs = [torch.randn(1, 10, 12, 16, generator=g).to(device).requires_grad_()
+              for _ in range(3)]
     grads = []
     for fn in (pale_attention, pale_attention_reference):
         for x in inputs:
             x.grad = None
-        (fn(*inputs, 7, 4) * torch.linspace(-1, 1, 16)).sum().backward()
+        (fn(*inputs, 7, 4) * torch.linspace(-1, 1, 16, device=device)).sum().backward()
         grads.append([x.grad.clone() for x in inputs])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
@@ -60,14 +61,14 @@ def test_bad_heads(heads, C, msg):
         pale_attention(x, x, x, 7, heads)
 
 
-def test_every_group_layout_matches_reference():
+def test_every_group_layout_matches_reference(device):
     """Sides below, at and above the pale size, dividing or not (one or two bands of groups,
     e.g. 8 rows with pale 7: two groups of 4 rows), rows and columns alike."""
     g = torch.Generator().manual_seed(1)
     for pale in (7, (4, 3)):
         for H in (1, 2, 6, 7, 8, 13, 15, 22):
             for W in (1, 5, 8, 14):
-                q, k, v = (torch.randn(1, H, W, 8, generator=g) for _ in range(3))
+                q, k, v = (torch.randn(1, H, W, 8, generator=g).to(device) for _ in range(3))
                 torch.testing.assert_close(pale_attention(q, k, v, pale, 2),
                                            pale_attention_reference(q, k, v, pale, 2),
                                            atol=1e-5, rtol=1e-5, msg=f'{H}x{W} {pale}')

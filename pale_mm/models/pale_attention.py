@@ -19,8 +19,8 @@ Two implementations live here:
   without the padding: groups ``i < H mod G`` hold one real row more than the others, so
   the groups form at most two *bands* of equal groups, and each band is one batch of
   :func:`torch.nn.functional.scaled_dot_product_attention` over real tokens only (no mask,
-  no padded queries or keys). Groups are gathered by one strided copy per band (reshapes,
-  no index tensors), and the gather and scatter are each other's backward.
+  no padded queries or keys). Groups are formed by reshapes, permutes and concatenations
+  (no index tensors, no padding), and autograd differentiates them as they are.
 * :func:`pale_attention_reference` -- slow and obviously correct: dense attention over all
   ``H * W`` tokens, restricted by an explicit pale mask built from the definition above.
   Tests hold the fast one to it.
@@ -31,8 +31,6 @@ from typing import List, NamedTuple, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-from .low_memory import needs_backward
 
 
 def num_groups(size: int, pale_size: int) -> int:
@@ -82,7 +80,7 @@ class PaleLayout(NamedTuple):
 
     Channels ``[:C/2]`` (``heads`` heads of ``d`` channels) form row groups, the others
     column groups. :meth:`gather` gives the bands of both halves, rows first, each
-    (groups * B, heads, tokens per group, d) and contiguous; :meth:`scatter` is its inverse.
+    (groups * B, heads, tokens per group, d); :meth:`scatter` is its inverse.
     """
     B: int
     H: int
@@ -111,86 +109,47 @@ class PaleLayout(NamedTuple):
 
     def gather(self, x: Tensor) -> Tuple[Tensor, ...]:
         """(B, H, W, C) -> the bands of the row half, then those of the column half."""
-        if needs_backward(x):
-            return _Gather.apply(x, self)
-        return self._gather(x)
-
-    def scatter(self, *bands: Tensor) -> Tensor:
-        """The bands of :meth:`gather` -> (B, H, W, C)."""
-        if needs_backward(*bands):
-            return _Scatter.apply(self, *bands)
-        return self._scatter(bands)
-
-    def _gather(self, x: Tensor) -> Tuple[Tensor, ...]:
         rows, cols = self._halves(x)
         return (*_gather_bands(rows, self.rows), *_gather_bands(cols, self.cols))
 
-    def _scatter(self, bands: Sequence[Tensor]) -> Tensor:
-        out = bands[0].new_empty(self.B, self.H, self.W, self.C)  # every entry is written
-        rows, cols = self._halves(out)
+    def scatter(self, *bands: Tensor) -> Tensor:
+        """The bands of :meth:`gather` -> (B, H, W, C)."""
         n = self.num_row_bands
-        _scatter_bands(bands[:n], rows, self.rows)
-        _scatter_bands(bands[n:], cols, self.cols)
-        return out
+        rows = _scatter_bands(bands[:n], self.rows, self.B, self.H, self.W)  # (B, H, W, C/2)
+        cols = _scatter_bands(bands[n:], self.cols, self.B, self.W, self.H)  # (B, W, H, C/2)
+        return torch.cat([rows, cols.transpose(1, 2)], dim=-1)
 
 
 def _gather_bands(x: Tensor, bands: _Bands) -> List[Tensor]:
-    """Rows of x (B, H, W, heads, d), any strides, grouped: one contiguous copy per band.
+    """Rows of x (B, H, W, heads, d), any strides, grouped: one copy per band.
 
     -> [(B*rest, heads, (full+1)*W, d) if rest], (B*(G-rest), heads, full*W, d)
     """
     B, H, W, heads, d = _ints(x.shape)
     G, full, rest = bands
-    blocks = x[:, :full * G].unflatten(1, (full, G))  # (B, full, G, W, heads, d): row a*G + i
+    # (B, G, heads, full, W, d): row a*G + i of x is [:, i, :, a]
+    blocks = x[:, :full * G].unflatten(1, (full, G)).permute(0, 2, 4, 1, 3, 5)
     out = []
     if rest:  # groups i < rest also hold row full*G + i
-        long = x.new_empty(B, rest, heads, full + 1, W, d)
-        long[:, :, :, :full] = blocks[:, :, :rest].permute(0, 2, 4, 1, 3, 5)
-        long[:, :, :, full] = x[:, full * G:].permute(0, 1, 3, 2, 4)
-        out.append(long.view(B * rest, heads, (full + 1) * W, d))
-    short = x.new_empty(B, G - rest, heads, full, W, d)
-    short.copy_(blocks[:, :, rest:].permute(0, 2, 4, 1, 3, 5))
-    out.append(short.view(B * (G - rest), heads, full * W, d))
+        last = x[:, full * G:].permute(0, 1, 3, 2, 4).unsqueeze(3)  # (B, rest, heads, 1, W, d)
+        long = torch.cat([blocks[:, :rest], last], dim=3)
+        out.append(long.reshape(B * rest, heads, (full + 1) * W, d))
+    out.append(blocks[:, rest:].reshape(B * (G - rest), heads, full * W, d))
     return out
 
 
-def _scatter_bands(ys: Sequence[Tensor], dst: Tensor, bands: _Bands) -> None:
-    """Inverse of :func:`_gather_bands`: write the bands into dst (B, H, W, heads, d)."""
-    B, H, W, heads, d = _ints(dst.shape)
+def _scatter_bands(ys: Sequence[Tensor], bands: _Bands, B: int, H: int, W: int) -> Tensor:
+    """Inverse of :func:`_gather_bands`: the bands -> (B, H, W, heads * d)."""
     G, full, rest = bands
-    blocks = dst[:, :full * G].unflatten(1, (full, G))  # (B, full, G, W, heads, d)
-    if rest:
-        long = ys[0].reshape(B, rest, heads, full + 1, W, d)
-        blocks[:, :, :rest].copy_(long[:, :, :, :full].permute(0, 3, 1, 4, 2, 5))
-        dst[:, full * G:].copy_(long[:, :, :, full].permute(0, 1, 3, 2, 4))
+    heads, d = _ints(ys[-1].shape[1:2] + ys[-1].shape[3:])
     short = ys[-1].reshape(B, G - rest, heads, full, W, d)
-    blocks[:, :, rest:].copy_(short.permute(0, 3, 1, 4, 2, 5))
-
-
-class _Gather(torch.autograd.Function):
-    """:meth:`PaleLayout.gather` with its inverse as the backward: one copy each way."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, layout: PaleLayout):
-        ctx.layout = layout
-        return layout._gather(x)
-
-    @staticmethod
-    def backward(ctx, *grads: Tensor):
-        return ctx.layout.scatter(*grads), None
-
-
-class _Scatter(torch.autograd.Function):
-    """:meth:`PaleLayout.scatter` with :meth:`PaleLayout.gather` as the backward."""
-
-    @staticmethod
-    def forward(ctx, layout: PaleLayout, *bands: Tensor) -> Tensor:
-        ctx.layout = layout
-        return layout._scatter(bands)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        return (None, *ctx.layout.gather(grad))
+    if not rest:
+        return short.permute(0, 3, 1, 4, 2, 5).reshape(B, H, W, heads * d)
+    long = ys[0].reshape(B, rest, heads, full + 1, W, d)
+    blocks = torch.cat([long[:, :, :, :full], short], dim=1)  # (B, G, heads, full, W, d)
+    top = blocks.permute(0, 3, 1, 4, 2, 5).reshape(B, full * G, W, heads * d)
+    last = long[:, :, :, full].permute(0, 1, 3, 2, 4).reshape(B, rest, W, heads * d)
+    return torch.cat([top, last], dim=1)
 
 
 def pale_attention_bands(q: Tensor, k: Tensor, v: Tensor, pale_size, num_heads: int,

@@ -8,10 +8,11 @@ Composable pieces, each with the shapes it takes and gives:
 * :class:`PaleStage` -- (downsample) + blocks.
 * :class:`PaleTransformer` -- stem + stages; one normed map per ``out_indices`` entry.
 
-The attention math itself lives in :mod:`pale_mm.models.pale_attention`. Where a Linear layer
-follows cheap ops (GELU; depthwise conv and BatchNorm; the scatter of the attention's groups),
-training keeps the cheap ops' input rather than their output and recomputes them in the
-backward (:mod:`pale_mm.models.low_memory`): a block keeps about 13 C per token instead of 24 C.
+The attention math itself lives in :mod:`pale_mm.models.pale_attention`. With
+``memory_efficient=True`` (the default), where a Linear layer follows cheap ops (GELU;
+depthwise conv and BatchNorm; the scatter of the attention's groups), training keeps the cheap
+ops' input rather than their output and recomputes them in the backward
+(:mod:`pale_mm.models.memory_efficient`): a block keeps about 13 C per token instead of 24 C.
 """
 from typing import Dict, Optional, Sequence, Union
 
@@ -26,9 +27,9 @@ from mmengine.model.weight_init import constant_init, trunc_normal_init
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .low_memory import (HandBackward, chunked_mlp, gelu_linear, needs_backward,
-                         recomputed_input_linear)
-from .pale_attention import pale_attention_bands
+from ..errors import PaleError
+from .memory_efficient import recomputed_input_linear
+from .pale_attention import pale_attention, pale_attention_bands
 
 # Variants as a table (``../shared/pale_spec.md``): widths C, 2C, 4C, 8C.
 ARCH_SETTINGS: Dict[str, Dict] = {
@@ -77,105 +78,62 @@ class SepConvProjection(nn.Module):
     """Depthwise 3x3 conv -> BatchNorm -> pointwise 1x1 conv (CvT-style projection).
 
     (B, C, H, W) -> (B, H, W, C). The pointwise conv is an ``nn.Linear`` over the channels of
-    the channels-last map: the same operation, but a plain matrix product (on the CPU, 1x1
-    convolutions of channels-last maps fall back to a slow im2col path).
-
-    Training keeps only the input for the backward, which recomputes the conv and the
-    BatchNorm (:func:`~pale_mm.models.low_memory.recomputed_input_linear`); inference with
-    running statistics folds the BatchNorm into the conv.
+    the channels-last map: the same operation as a 1x1 conv, as one matrix product. With
+    ``memory_efficient`` the backward recomputes the conv and the BatchNorm from ``x``.
     """
 
-    def __init__(self, channels: int, bias: bool = True):
+    def __init__(self, channels: int, bias: bool = True, memory_efficient: bool = False):
         super().__init__()
+        self.memory_efficient = memory_efficient
         self.dw = nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False)
         self.bn = nn.BatchNorm2d(channels)
         self.pw = nn.Linear(channels, channels, bias=bias)
 
-    def _dw_bn(self, x: Tensor) -> Tensor:
+    def _dw_bn(self, x: Tensor, *params) -> Tensor:
         """(B, C, H, W) -> (B, H, W, C): the cheap part, with the modules' own forward."""
         return self.bn(self.dw(x)).permute(0, 2, 3, 1)
 
     def _dw_bn_again(self, x: Tensor, dw_weight: Tensor, bn_weight: Tensor, bn_bias: Tensor,
                      running_mean: Optional[Tensor], running_var: Optional[Tensor]) -> Tensor:
-        """:meth:`_dw_bn` recomputed for the backward: the same values, and the running
-        statistics (given in eval mode only) stay as they are."""
-        dw, bn = self.dw, self.bn
-        d = F.conv2d(x, dw_weight, dw.bias, dw.stride, dw.padding, dw.dilation, dw.groups)
-        batch_stats = running_mean is None
+        """:meth:`_dw_bn` recomputed for the backward: the same values (batch statistics, or
+        the running ones where the forward used them), and no update of the statistics."""
+        dw = self.dw
+        d = F.conv2d(x, dw_weight, None, dw.stride, dw.padding, dw.dilation, dw.groups)
         return F.batch_norm(d, running_mean, running_var, bn_weight, bn_bias,
-                            training=batch_stats, momentum=0., eps=bn.eps).permute(0, 2, 3, 1)
-
-    def _dw_bn_recompute_by_hand(self, x: Tensor, dw_weight: Tensor, bn_weight: Tensor,
-                                 bn_bias: Tensor, running_mean: Optional[Tensor],
-                                 running_var: Optional[Tensor]):
-        """:meth:`_dw_bn_again` without autograd: -> (B, H, W, C) and what the hand-written
-        backward needs (the conv's output, BatchNorm's batch mean and inverse std)."""
-        dw, bn = self.dw, self.bn
-        d = F.conv2d(x, dw_weight, dw.bias, dw.stride, dw.padding, dw.dilation, dw.groups)
-        z, mean, invstd = torch.ops.aten.native_batch_norm(
-            d, bn_weight, bn_bias, running_mean, running_var, running_mean is None, 0.,
-            bn.eps)[:3]
-        return z.permute(0, 2, 3, 1), (d, mean, invstd)
-
-    def _dw_bn_backward_by_hand(self, inputs, saved, grad_z: Tensor, needs):
-        """The gradients of :meth:`_dw_bn_again`'s inputs from that of its output
-        (B, H, W, C): BatchNorm's backward, then the depthwise conv's."""
-        dw, bn = self.dw, self.bn
-        x, dw_weight, bn_weight, _, running_mean, running_var = inputs
-        d, mean, invstd = saved
-        need_x, need_dw, need_bn_w, need_bn_b = needs[:4]
-        grad_d, grad_bn_w, grad_bn_b = torch.ops.aten.native_batch_norm_backward(
-            grad_z.permute(0, 3, 1, 2), d, bn_weight, running_mean, running_var, mean, invstd,
-            running_mean is None, bn.eps, [need_x or need_dw, need_bn_w, need_bn_b])
-        grad_x = grad_dw = None
-        if need_x or need_dw:
-            grad_x, grad_dw, _ = torch.ops.aten.convolution_backward(
-                grad_d, x, dw_weight, None, dw.stride, dw.padding, dw.dilation, False, [0, 0],
-                dw.groups, [need_x, need_dw, False])
-        return grad_x, grad_dw, grad_bn_w, grad_bn_b, None, None
-
-    def _dw_bn_folded(self, x: Tensor) -> Tensor:
-        """:meth:`_dw_bn` with running statistics, the BatchNorm folded into the conv: one
-        pass over the map instead of two (the same math, rounded differently)."""
-        dw, bn = self.dw, self.bn
-        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)  # (C, )
-        bias = bn.bias - bn.running_mean * scale
-        if dw.bias is not None:
-            bias = bias + dw.bias * scale
-        return F.conv2d(x, dw.weight * scale.view(-1, 1, 1, 1), bias, dw.stride, dw.padding,
-                        dw.dilation, dw.groups).permute(0, 2, 3, 1)
+                            training=running_mean is None, momentum=0.,
+                            eps=self.bn.eps).permute(0, 2, 3, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         dw, bn, pw = self.dw, self.bn, self.pw
-        own_bn = type(bn) is nn.BatchNorm2d  # not, e.g., a SyncBatchNorm after conversion
-        batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
-        if not own_bn or not needs_backward(x, dw.weight, bn.weight, bn.bias, pw.weight,
-                                            pw.bias):
-            if own_bn and not batch_stats and bn.affine and not torch.jit.is_tracing():
-                return pw(self._dw_bn_folded(x))  # inference (FLOP counters see BN)
+        # the recompute is written for BatchNorm2d (not, e.g., a SyncBatchNorm after
+        # conversion) and for the (only) configuration built here: no conv bias
+        if not (self.memory_efficient and torch.is_grad_enabled()
+                and type(bn) is nn.BatchNorm2d and dw.bias is None):
             return pw(self._dw_bn(x))
-        # Keep only x, not the conv and BatchNorm outputs (2C per token). The forward runs the
-        # modules themselves, so the running statistics move once, as configured.
-        stats = (None, None) if batch_stats else (bn.running_mean, bn.running_var)
-        return recomputed_input_linear(
-            lambda x, *_: self._dw_bn(x), (x, dw.weight, bn.weight, bn.bias, *stats),
-            pw.weight, pw.bias, recompute_fn=self._dw_bn_again,
-            by_hand=HandBackward(self._dw_bn_recompute_by_hand, self._dw_bn_backward_by_hand))
+        use_running = not bn.training and bn.running_mean is not None
+        stats = (bn.running_mean, bn.running_var) if use_running else (None, None)
+        return recomputed_input_linear(self._dw_bn, (x, dw.weight, bn.weight, bn.bias, *stats),
+                                       pw.weight, pw.bias, recompute_fn=self._dw_bn_again)
 
 
 class PaleAttention(nn.Module):
-    """Pale-shaped self-attention with separable-conv Q/K/V. (B, H, W, C) -> (B, H, W, C)."""
+    """Pale-shaped self-attention with separable-conv Q/K/V. (B, H, W, C) -> (B, H, W, C).
+
+    With ``memory_efficient`` the output projection keeps the attention's grouped output
+    only (not also the scattered copy) and the backward scatters it again.
+    """
 
     def __init__(self, dims: int, num_heads: int, pale_size=7, qkv_bias: bool = True,
-                 attn_drop: float = 0., proj_drop: float = 0.):
+                 attn_drop: float = 0., proj_drop: float = 0., memory_efficient: bool = False):
         super().__init__()
         self.dims = dims
         self.num_heads = num_heads
         self.pale_size = pale_size
         self.attn_drop = attn_drop
-        self.q = SepConvProjection(dims, qkv_bias)
-        self.k = SepConvProjection(dims, qkv_bias)
-        self.v = SepConvProjection(dims, qkv_bias)
+        self.memory_efficient = memory_efficient
+        self.q = SepConvProjection(dims, qkv_bias, memory_efficient)
+        self.k = SepConvProjection(dims, qkv_bias, memory_efficient)
+        self.v = SepConvProjection(dims, qkv_bias, memory_efficient)
         self.proj = nn.Linear(dims, dims)
         self.proj_drop = nn.Dropout(proj_drop)
 
@@ -185,13 +143,8 @@ class PaleAttention(nn.Module):
         # the attention's output in groups; layout.scatter(*bands) is (B, H, W, C)
         bands, layout = pale_attention_bands(q, k, v, self.pale_size, self.num_heads,
                                              self.attn_drop if self.training else 0.)
-        if needs_backward(*bands, self.proj.weight, self.proj.bias):
-            # The attention keeps its grouped output: the projection need not keep the
-            # scattered copy (C per token) as well.
-            x = recomputed_input_linear(
-                layout.scatter, bands, self.proj.weight, self.proj.bias,
-                by_hand=HandBackward(lambda *b: (layout.scatter(*b), None),
-                                     lambda bands, _, grad, needs: layout.gather(grad)))
+        if self.memory_efficient and torch.is_grad_enabled():
+            x = recomputed_input_linear(layout.scatter, bands, self.proj.weight, self.proj.bias)
         else:
             x = self.proj(layout.scatter(*bands))
         return self.proj_drop(x)
@@ -200,43 +153,29 @@ class PaleAttention(nn.Module):
 class Mlp(nn.Module):
     """Linear -> act -> Linear. (..., C) -> (..., C).
 
-    With GELU, training keeps fc1's output only (:func:`~pale_mm.models.low_memory.gelu_linear`)
-    and inference runs fc1, GELU (in place) and fc2 a chunk of tokens at a time
-    (:func:`~pale_mm.models.low_memory.chunked_mlp`).
+    With ``memory_efficient`` and GELU, fc2 keeps fc1's output only (not GELU's as well) and
+    the backward recomputes GELU (without dropout between them in training: it would draw
+    again).
     """
 
-    def __init__(self, dims: int, hidden: int, act_cfg: Dict, drop: float = 0.):
+    def __init__(self, dims: int, hidden: int, act_cfg: Dict, drop: float = 0.,
+                 memory_efficient: bool = False):
         super().__init__()
         self.fc1 = nn.Linear(dims, hidden)
         self.act = build_activation_layer(act_cfg)
         self.fc2 = nn.Linear(hidden, dims)
         self.drop = nn.Dropout(drop)
+        # GELU's backward needs its input only, so its output buffer can be reused
+        self.recompute_act = memory_efficient and isinstance(self.act, nn.GELU)
 
     def forward(self, x: Tensor) -> Tensor:
-        fc1, fc2 = self.fc1, self.fc2
-        gelu = isinstance(self.act, nn.GELU)
-        if not needs_backward(x, fc1.weight, fc1.bias, fc2.weight, fc2.bias):
-            # inference; FLOP counters (tracing) and hooks see the plain modules
-            fast = gelu and (self.drop.p == 0 or not self.training) and \
-                not torch.jit.is_tracing() and not (
-                    fc1._forward_hooks or fc1._forward_pre_hooks or fc2._forward_hooks or
-                    fc2._forward_pre_hooks)
-            if fast and x.device.type == 'cpu' and not torch.is_autocast_enabled('cpu') \
-                    and not torch.compiler.is_compiling():
-                # fc1 -> GELU (in place) -> fc2 a chunk of tokens at a time, without a
-                # whole-map hidden buffer
-                return chunked_mlp(x, fc1.weight, fc1.bias, fc2.weight, fc2.bias,
-                                   self.act.approximate)
-            x = fc1(x)  # (..., hidden)
-            if fast:  # GELU in place on fc1's fresh output, sparing a large buffer
-                return fc2(torch.ops.aten.gelu_(x, approximate=self.act.approximate))
-            return self.drop(fc2(self.drop(self.act(x))))
-        x = fc1(x)  # (..., hidden)
-        if gelu and (self.drop.p == 0 or not self.training):
-            # Keep only fc1's output, not GELU's as well (hidden channels per token).
-            return self.drop(gelu_linear(x, self.fc2.weight, self.fc2.bias,
-                                         self.act.approximate))
-        return self.drop(self.fc2(self.drop(self.act(x))))
+        x = self.fc1(x)  # (..., hidden)
+        if self.recompute_act and torch.is_grad_enabled() and not (
+                self.training and self.drop.p > 0):
+            x = recomputed_input_linear(self.act, (x, ), self.fc2.weight, self.fc2.bias)
+        else:
+            x = self.fc2(self.drop(self.act(x)))
+        return self.drop(x)
 
 
 class PaleBlock(nn.Module):
@@ -248,15 +187,17 @@ class PaleBlock(nn.Module):
     def __init__(self, dims: int, num_heads: int, pale_size=7, mlp_ratio: float = 4.,
                  qkv_bias: bool = True, drop: float = 0., attn_drop: float = 0.,
                  drop_path: float = 0., norm_cfg: Dict = dict(type='LN'),
-                 act_cfg: Dict = dict(type='GELU'), with_cp: bool = False):
+                 act_cfg: Dict = dict(type='GELU'), with_cp: bool = False,
+                 memory_efficient: bool = True):
         super().__init__()
         self.with_cp = with_cp
         self.cpe = nn.Conv2d(dims, dims, 3, padding=1, groups=dims)
         self.norm1 = ChannelsLastNorm(norm_cfg, dims)
-        self.attn = PaleAttention(dims, num_heads, pale_size, qkv_bias, attn_drop, drop)
+        self.attn = PaleAttention(dims, num_heads, pale_size, qkv_bias, attn_drop, drop,
+                                  memory_efficient)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = ChannelsLastNorm(norm_cfg, dims)
-        self.mlp = Mlp(dims, int(dims * mlp_ratio), act_cfg, drop)
+        self.mlp = Mlp(dims, int(dims * mlp_ratio), act_cfg, drop, memory_efficient)
 
     def _forward(self, x: Tensor) -> Tensor:
         x = x + self.cpe(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
@@ -314,7 +255,7 @@ def _resolve_arch(arch: Union[str, Dict]) -> Dict:
     return dict(arch)
 
 
-class PaleConfigError(ValueError):
+class PaleConfigError(PaleError, ValueError):
     """A PaleTransformer argument that cannot work; the message names it and the fix."""
 
 
@@ -413,7 +354,15 @@ class PaleTransformer(BaseModule):
         frozen_stages (int): freeze the stem (0) and also the first ``k`` stages (k >= 1),
             parameters and norm statistics, from construction on. -1 freezes nothing.
         norm_eval (bool): keep BatchNorm layers in eval mode while training. Default: False.
-        with_cp (bool): gradient checkpointing per block (saves memory). Default: False.
+        with_cp (bool): gradient checkpointing per block: the backward runs each block's
+            forward again (the least memory, about a third more time). Default: False.
+        memory_efficient (bool): where a Linear layer follows cheap ops (GELU before fc2,
+            depthwise conv + BatchNorm before each Q/K/V projection, the scatter of the
+            attention's groups before proj), keep the cheap ops' input instead of their
+            output and recompute them in the backward: a block keeps about 13 C per token
+            instead of 24 C, for a little more time. The same results and BatchNorm
+            statistics as without it. Default: True, so that training fits where Swin-T's
+            does (``docs/model.md`` has the measurements).
         norm_cfg (dict): token norm. Default: ``dict(type='LN')``.
         act_cfg (dict): MLP activation. Default: ``dict(type='GELU')``.
         init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=PATH)`` loads a
@@ -434,6 +383,7 @@ class PaleTransformer(BaseModule):
                  frozen_stages: int = -1,
                  norm_eval: bool = False,
                  with_cp: bool = False,
+                 memory_efficient: bool = True,
                  norm_cfg: Dict = dict(type='LN'),
                  act_cfg: Dict = dict(type='GELU'),
                  pretrained: str = None,
@@ -465,6 +415,7 @@ class PaleTransformer(BaseModule):
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.with_cp = with_cp
+        self.memory_efficient = memory_efficient
         self.num_features = [dims[i] for i in self.out_indices]
 
         self.stem = ConvEmbed(in_channels, embed_dims, 7, 4, norm_cfg)
@@ -477,7 +428,8 @@ class PaleTransformer(BaseModule):
                           pale_sizes[i], downsample=i > 0,
                           drop_paths=dpr[start:start + depths[i]], norm_cfg=norm_cfg,
                           mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop=drop_rate,
-                          attn_drop=attn_drop_rate, act_cfg=act_cfg, with_cp=with_cp))
+                          attn_drop=attn_drop_rate, act_cfg=act_cfg, with_cp=with_cp,
+                          memory_efficient=memory_efficient))
         for i in self.out_indices:
             self.add_module(f'norm{i}', ChannelsLastNorm(norm_cfg, dims[i]))
 
