@@ -12,25 +12,38 @@ mmengine, mmdet, mmseg and mmpretrain checkpoints hold (:data:`ALLOWED_GLOBALS`)
 Saving is made atomic (:func:`atomic_save`, used by :mod:`pale_mm.compat` for mmengine's saves): a checkpoint is written into a
 temporary file beside its destination and renamed over it only once complete, so a process
 killed while saving leaves the previous checkpoints as they were, never a truncated file
-that ``--resume`` would pick up.
+that ``--resume`` would pick up; a save that fails (disk full) raises
+:class:`CheckpointWriteError` naming the folder, with the earlier files unchanged.
+
+Every local checkpoint is checked whole before it is loaded (:func:`checkpoint_problem`:
+cut short, damaged bytes by the CRC-32 of every record, no checkpoint at all), and
+:class:`CheckpointFitHook` refuses one whose weights do not fit the model: each with a
+one-line :class:`~pale_mm.errors.PaleError` naming the file and what is wrong.
 """
 import contextlib
 import difflib
+import errno
 import glob
 import hashlib
+import io
 import os
 import os.path as osp
 import pickle
 import re
+import stat
+import struct
 import urllib.parse
 import uuid
 import zipfile
+import zlib
 from collections import OrderedDict
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
+from mmengine.hooks import Hook
 from mmengine.logging import print_log
+from mmengine.registry import HOOKS
 
 from .errors import PaleError
 
@@ -40,7 +53,17 @@ class UnsafeCheckpointError(PaleError, pickle.UnpicklingError):
 
 
 class CheckpointMismatchError(PaleError, ValueError):
-    """A pretrained checkpoint does not fit the backbone; the message lists the keys."""
+    """A checkpoint does not fit the model; the message lists the keys or shapes."""
+
+
+class BrokenCheckpointError(PaleError):
+    """A checkpoint file is cut short, damaged or no checkpoint at all; nothing of it was
+    loaded."""
+
+
+class CheckpointWriteError(PaleError):
+    """A checkpoint could not be written (disk full, I/O error); the files that were there
+    before are unchanged."""
 
 
 def _numpy_globals() -> List:
@@ -87,28 +110,195 @@ def _describe_allowed() -> str:
 
 
 def safe_load(filename: str, map_location='cpu'):
-    """``torch.load`` with ``weights_only=True`` and pale_mm's allow-list.
+    """``torch.load`` with ``weights_only=True`` and pale_mm's allow-list, of a file that
+    :func:`check_checkpoint_file` found whole.
 
     Raises:
         FileNotFoundError: the file does not exist.
+        BrokenCheckpointError: the file is cut short, damaged or no torch checkpoint.
         UnsafeCheckpointError: the pickle names a class or function outside the allow-list.
     """
     filename = osp.expanduser(str(filename))
-    if not osp.isfile(filename):
+    if not osp.exists(filename):
         raise FileNotFoundError(f'checkpoint file not found: {filename}')
+    check_checkpoint_file(filename)
     try:
-        with torch.serialization.safe_globals(ALLOWED_GLOBALS):
-            return torch.load(filename, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        names = re.findall(r'GLOBAL ([\w.]+)', str(e)) or re.findall(
-            r'global ([\w.]+)', str(e))
-        what = f' {names[0]}' if names else ' an object'
-        raise UnsafeCheckpointError(
-            f'refused to load checkpoint {filename}: it holds{what}, which is not on '
-            f"pale_mm's allow-list ({_describe_allowed()}). Unpickling it could run "
-            'arbitrary code. If you trust the file, re-save only its weights: '
-            "torch.save({'state_dict': torch.load(path, weights_only=False)['state_dict']}, "
-            'new_path).') from None
+        return _torch_load(filename, map_location)
+    except _LOAD_ERRORS as e:
+        raise _load_error(filename, e) from None
+
+
+def _torch_load(filename: str, map_location, mmap: bool = False):
+    with torch.serialization.safe_globals(ALLOWED_GLOBALS):
+        return torch.load(filename, map_location=map_location, weights_only=True, mmap=mmap)
+
+
+# what torch.load raises for a file it cannot load: the weights_only unpickler's refusals
+# and parse errors, the zip reader's missing records, a legacy file cut short
+_LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError)
+
+
+def _load_error(filename: str, error: BaseException, what: str = 'checkpoint') -> PaleError:
+    """The error to raise for torch.load's ``error`` on ``filename``."""
+    problem, refused = _load_problem(error)
+    if refused:
+        return UnsafeCheckpointError(
+            f'refused to load checkpoint {filename}: it {problem}. If you trust the file, '
+            "re-save only its weights: torch.save({'state_dict': torch.load(path, "
+            "weights_only=False)['state_dict']}, new_path).")
+    return BrokenCheckpointError(f'{what} {filename} {problem}. {BROKEN_FIX}')
+
+
+def _load_problem(error: BaseException) -> Tuple[str, bool]:
+    """What torch.load's ``error`` says is wrong with a file, as the end of a sentence that
+    begins with the file's name, and whether it is an object outside the allow-list."""
+    text = str(error)
+    names = re.findall(r'GLOBAL ([\w.]+)', text) or re.findall(r'global ([\w.]+)', text)
+    if isinstance(error, pickle.UnpicklingError) and names:
+        return (f"holds {names[0]}, which is not on pale_mm's allow-list "
+                f'({_describe_allowed()}). Unpickling it could run arbitrary code', True)
+    if isinstance(error, pickle.UnpicklingError):  # bytes the unpickler cannot parse
+        return 'is damaged: its pickled data cannot be read', False
+    missing = re.search(r'failed locating file (\S+): file not found', text)
+    if missing:
+        return f'is damaged: its archive has no record {missing.group(1)}', False
+    for end in ('. This is an internal miniz error', '  (Could this error', '\n'):
+        text = text.split(end)[0]
+    text = re.sub(r'^\[enforce fail at [^\]]*\]\s*\.?\s*', '', text.strip())
+    return f'cannot be loaded: {text or type(error).__name__}', False
+
+
+# ---------------------------------------------------------------------------------------
+# integrity: is a checkpoint file whole?
+#
+# torch >= 1.6 writes a zip archive (stored, not compressed) that ends with the archive's
+# directory and keeps a CRC-32 of every record. A file cut short has no directory; a changed
+# byte anywhere, tensor data included, changes its record's CRC-32, which torch.load itself
+# never checks. Reading every record once for it costs about what torch.load's own read does
+# (docs/checkpoints.md); a file that passed is not read again until it changes.
+BROKEN_FIX = ('Use another checkpoint (tools/train.py --resume without a path skips broken '
+              'ones in the work dir) or copy or download this one again.')
+_ZIP_MAGIC = b'PK\x03\x04'
+_LOCAL_HEADER = struct.Struct('<4s22xHH')  # signature ... file name length, extra length
+_CRC_CHUNK = 16 << 20
+_whole_files: Dict[str, tuple] = {}  # real path -> (device, inode, size, mtime) checked whole
+
+
+def checkpoint_problem(path: str, trial_load: bool = False) -> Optional[str]:
+    """What is wrong with the checkpoint file ``path``, as the end of a sentence that
+    begins with its name, or None when it is whole: a torch zip archive with a ``data.pkl``
+    whose every record matches its CRC-32, or a legacy (torch < 1.6) pickle file, which has
+    no checksums and is checked by torch as it loads.
+
+    ``trial_load`` also loads it with its tensors mapped from the file, not read: that finds
+    records ``data.pkl`` refers to but the archive lacks, and objects outside the allow-list.
+    """
+    problem = _file_problem(path)
+    if problem is None and trial_load:
+        try:
+            _torch_load(path, 'cpu', mmap=_mappable(path))
+        except _LOAD_ERRORS as e:
+            problem = _load_problem(e)[0]
+    return problem
+
+
+def _mappable(path: str) -> bool:
+    """Whether torch.load can map the tensors of ``path`` from the file (``mmap=True``): a
+    zip archive of stored records, as torch writes them."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return all(r.compress_type == zipfile.ZIP_STORED for r in archive.infolist())
+
+
+def _file_problem(path: str) -> Optional[str]:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return 'does not exist'
+    if stat.S_ISDIR(st.st_mode):
+        return 'is a directory, not a checkpoint file'
+    if not stat.S_ISREG(st.st_mode):
+        return 'is not a regular file'
+    if st.st_size == 0:
+        return 'is empty (0 bytes)'
+    real, key = osp.realpath(path), (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if _whole_files.get(real) == key:
+        return None
+    try:
+        with open(path, 'rb') as f:
+            head = f.read(4)
+            if head != _ZIP_MAGIC:
+                if head[:1] == b'\x80':  # a pickle: torch's legacy format
+                    return None
+                return (f'is not a torch checkpoint: it starts with bytes {head.hex(" ")}, '
+                        'neither a zip archive (torch >= 1.6) nor a pickle (older torch)')
+            try:
+                archive = zipfile.ZipFile(f)
+            except zipfile.BadZipFile:
+                return (f'is cut short: it begins as a torch checkpoint (a zip archive) but '
+                        f"the archive's directory that ends a whole one is missing "
+                        f'({st.st_size} bytes; a save or copy that did not finish)')
+            problem = _damaged_record(f, archive, st.st_size)
+    except OSError as e:  # no permission, an I/O error of the disk
+        return f'cannot be read: {e.strerror or e}'
+    if problem is None:
+        _whole_files[real] = key
+    return problem
+
+
+def _damaged_record(f, archive: zipfile.ZipFile, size: int) -> Optional[str]:
+    """The first record of ``archive`` that is missing, out of the file or whose bytes do
+    not match their CRC-32, described; None when there is none."""
+    records = archive.infolist()
+    if not any(r.filename.endswith('data.pkl') for r in records):
+        return 'is a zip archive without a data.pkl record, not a torch checkpoint'
+    buffer = memoryview(bytearray(_CRC_CHUNK))
+    for record in records:
+        f.seek(record.header_offset)
+        header = f.read(_LOCAL_HEADER.size)
+        if len(header) < _LOCAL_HEADER.size or header[:4] != _ZIP_MAGIC:
+            return f'is damaged: the header of its record {record.filename} is not there'
+        _, name_length, extra_length = _LOCAL_HEADER.unpack(header)
+        start = record.header_offset + _LOCAL_HEADER.size + name_length + extra_length
+        if start + record.compress_size > size:
+            return f'is cut short: its record {record.filename} runs past the end of the file'
+        if record.compress_type != zipfile.ZIP_STORED:  # repacked by another program
+            try:
+                with archive.open(record) as data:  # zipfile checks the CRC-32 at the end
+                    while data.read(_CRC_CHUNK):
+                        pass
+            except (zipfile.BadZipFile, zlib.error, EOFError):
+                return f'is damaged: its compressed record {record.filename} does not unpack'
+            continue
+        if record.CRC == 0:  # written with torch.serialization.set_crc32_options(False)
+            continue
+        f.seek(start)
+        crc, left = 0, record.file_size
+        while left:
+            n = f.readinto(buffer[:min(left, _CRC_CHUNK)])
+            if not n:
+                return f'is cut short inside its record {record.filename}'
+            crc, left = zlib.crc32(buffer[:n], crc), left - n
+        if crc != record.CRC:
+            return (f'is damaged: the bytes of its record {record.filename} do not match the '
+                    'CRC-32 stored with them (changed on disk or in a copy)')
+    return None
+
+
+def check_checkpoint_file(path: str, what: str = 'checkpoint', trial_load: bool = False
+                          ) -> None:
+    """Raise :class:`BrokenCheckpointError` (or, for an object outside the allow-list,
+    :class:`UnsafeCheckpointError`) naming ``path`` and what is wrong with it, unless it is a
+    whole checkpoint file (:func:`checkpoint_problem`)."""
+    problem = _file_problem(path)
+    if problem is not None:
+        raise BrokenCheckpointError(f'{what} {path} {problem}. {BROKEN_FIX}')
+    if trial_load:
+        try:
+            _torch_load(path, 'cpu', mmap=_mappable(path))
+        except _LOAD_ERRORS as e:
+            raise _load_error(path, e, what) from None
 
 
 # ---------------------------------------------------------------------------------------
@@ -126,22 +316,36 @@ def tmp_path_beside(filename: str) -> str:
 def atomic_write(filename: str, write) -> None:
     """Call ``write(file_object)`` on a temporary file, then rename it to ``filename``.
 
-    On any failure (or a kill) ``filename`` keeps its previous content, if it had one.
+    On any failure (or a kill) ``filename`` keeps its previous content, if it had one, and
+    the temporary file is removed (a kill leaves it for :func:`remove_stale_tmp_files`).
+
+    Raises:
+        CheckpointWriteError: writing failed with an OS error (disk full, I/O error, no
+            permission); the message names the folder.
     """
     filename = osp.realpath(osp.expanduser(str(filename)))  # replace a link's target
     folder = osp.dirname(filename)
-    os.makedirs(folder, exist_ok=True)
     tmp = tmp_path_beside(filename)
     try:
+        os.makedirs(folder, exist_ok=True)
         with open(tmp, 'xb') as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, filename)
-    except BaseException:
-        if osp.exists(tmp):
+    except BaseException as e:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise
+        cause = _os_error_in(e) if isinstance(e, Exception) else None
+        if cause is None:
+            raise
+        fix = (f'Free space in {folder}' if cause.errno in (errno.ENOSPC, errno.EDQUOT)
+               else f'Check the disk and the permissions of {folder}')
+        raise CheckpointWriteError(
+            f'could not write {filename}: {cause.strerror or cause} '
+            f'({errno.errorcode.get(cause.errno, cause.errno)}). {folder} holds what it held '
+            'before this save (its unfinished temporary file was removed). '
+            f'{fix} and continue the run with --resume.') from e
     try:  # make the rename itself durable
         fd = os.open(folder, os.O_RDONLY)
         try:
@@ -152,9 +356,28 @@ def atomic_write(filename: str, write) -> None:
         pass
 
 
+def _os_error_in(error: BaseException) -> Optional[OSError]:
+    """The OS error behind ``error``: itself, or the one torch's writer met in ``f.write``
+    (torch.save reports it as a RuntimeError raised while handling it)."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno is not None:
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def atomic_save(obj, filename: str) -> None:
     """``torch.save(obj, filename)``, atomically (see :func:`atomic_write`)."""
     atomic_write(filename, lambda f: torch.save(obj, f))
+
+
+@contextlib.contextmanager
+def atomic_text_file(filename: str):
+    """A text buffer for a ``with`` block, written to ``filename`` atomically once the
+    block completes (mmengine's ``last_checkpoint``, see :mod:`pale_mm.compat`)."""
+    text = io.StringIO()
+    yield text
+    atomic_write(filename, lambda f: f.write(text.getvalue().encode()))
 
 
 def remove_stale_tmp_files(folder: str) -> List[str]:
@@ -182,14 +405,62 @@ def remove_stale_tmp_files(folder: str) -> List[str]:
     return removed
 
 
-def is_complete_checkpoint(path: str) -> bool:
-    """Whether ``path`` is a whole torch checkpoint (a zip archive with its directory at
-    the end; a truncated file has none)."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            return len(z.namelist()) > 0
-    except (OSError, zipfile.BadZipFile):
-        return False
+# ---------------------------------------------------------------------------------------
+# does a checkpoint fit the model?
+def check_checkpoint_fits(model: torch.nn.Module, checkpoint, filename: str,
+                          exact: bool) -> None:
+    """Refuse ``checkpoint`` for ``model`` when fewer than half of the model's entries are in
+    it at their shapes, or, with ``exact`` (resuming, testing), when any entry has another
+    shape. Without ``exact`` (``load_from`` for fine-tuning) heads of other shapes are
+    allowed: mmengine reports them and leaves them as initialised.
+
+    Raises:
+        CheckpointMismatchError: naming the file and the first entries that do not fit.
+    """
+    weights = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, dict) else {}
+    weights = {re.sub(r'^module\.', '', k): v for k, v in weights.items()
+               if isinstance(v, torch.Tensor)}  # mmengine strips DDP's prefix as it loads
+    matched, missing, _, mismatched = match_state_dict(model, weights)
+    total = len(model.state_dict())
+    if len(matched) >= total / 2 and not (exact and mismatched):
+        return
+    found = f'only {len(matched)} of the model\'s {total} entries are in it at their shapes'
+    if mismatched:
+        found += f'; {len(mismatched)} have other shapes ({_preview(mismatched, 2)})'
+    elif missing:
+        found += f'; missing: {_preview(missing, 3)}'
+    raise CheckpointMismatchError(
+        f'checkpoint {filename} does not fit the model: {found}. It was written for '
+        'another model (another arch, width or number of classes): use the config it was '
+        'trained with, or a checkpoint of this model.')
+
+
+def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside DDP and test-time-augmentation wrappers."""
+    from mmengine.model import BaseTTAModel, is_model_wrapper
+    while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
+        model = model.module
+    return model
+
+
+@HOOKS.register_module()
+class CheckpointFitHook(Hook):
+    """Refuse a checkpoint that does not fit the model (:func:`check_checkpoint_fits`)
+    before its weights are loaded: mmengine alone warns and goes on with the weights that
+    fit. Exact when resuming and testing; fine-tuning (``load_from`` in training) may bring
+    heads of other shapes."""
+
+    priority = 'VERY_HIGH'
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        from mmengine.runner import BaseLoop
+
+        # Runner.train() builds its loop before it loads a checkpoint, Runner.test() does not
+        training = isinstance(getattr(runner, '_train_loop', None), BaseLoop)
+        fine_tuning = training and not runner.cfg.get('resume')
+        check_checkpoint_fits(_unwrapped(runner.model), checkpoint,
+                              runner.cfg.get('load_from') or 'being loaded',
+                              exact=not fine_tuning)
 
 
 # ---------------------------------------------------------------------------------------

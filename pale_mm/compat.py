@@ -12,6 +12,7 @@ safe checkpoint loading       mmengine <= 0.10.7 with     open-mmlab/mmengine#16
                               torch >= 2.6
 atomic checkpoint saving      mmengine <= 0.10.7          none filed
 removal after saving          mmengine <= 0.10.7          none filed
+atomic last_checkpoint        mmengine <= 0.10.7          none filed
 test metrics json on rank 0   mmengine <= 0.10.7          same kind as open-mmlab/mmengine#124,
                                                           which fixed it for training scalars
 attention in FLOP counts      mmengine whose FlopAnalyzer none filed
@@ -19,13 +20,14 @@ attention in FLOP counts      mmengine whose FlopAnalyzer none filed
 ============================  ==========================  ====================================
 """
 import functools
+import os
 from typing import Callable, List, NamedTuple
 
 import mmengine
 import torch
 from mmengine.utils import digit_version
 
-from .checkpoint import atomic_save, safe_load
+from .checkpoint import atomic_save, atomic_text_file, safe_load
 
 MMENGINE = digit_version(mmengine.__version__)
 NEWEST_CHECKED = digit_version('0.10.7')
@@ -138,6 +140,21 @@ def _remove_after_saving() -> None:
 
 
 # ---------------------------------------------------------------------------------------
+# mmengine's CheckpointHook writes last_checkpoint with open(path, 'w') after each save: a
+# kill or a full disk in between leaves it empty, and --resume then starts from nothing.
+# That open call, the only one in mmengine.hooks.checkpoint_hook, now writes atomically.
+def _open_last_checkpoint_atomically(file, mode='r', *args, **kwargs):
+    if mode == 'w' and os.path.basename(str(file)) == 'last_checkpoint':
+        return atomic_text_file(file)
+    return open(file, mode, *args, **kwargs)
+
+
+def _atomic_last_checkpoint() -> None:
+    import mmengine.hooks.checkpoint_hook as checkpoint_hook
+    checkpoint_hook.open = _open_last_checkpoint_atomically
+
+
+# ---------------------------------------------------------------------------------------
 # mmengine's LoggerHook.after_test_epoch dumps the test metrics to
 # <work_dir>/<timestamp>/<timestamp>.json on every rank, all into the same file, which then
 # holds one rank's text partly over another's (invalid json). Ranks other than 0 skip it;
@@ -181,6 +198,7 @@ FIXES: List[Fix] = [
         _use_safe_loading),
     Fix('atomic checkpoint saving', lambda: MMENGINE <= NEWEST_CHECKED, _save_atomically),
     Fix('removal after saving', lambda: MMENGINE <= NEWEST_CHECKED, _remove_after_saving),
+    Fix('atomic last_checkpoint', lambda: MMENGINE <= NEWEST_CHECKED, _atomic_last_checkpoint),
     Fix('test metrics json on rank 0', lambda: MMENGINE <= NEWEST_CHECKED,
         _test_json_on_rank0_only),
     Fix('attention in FLOP counts', _flop_analyzer_skips_sdpa, _count_sdpa_flops),

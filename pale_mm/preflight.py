@@ -111,7 +111,8 @@ def check_pretrained(cfg, resuming: bool) -> None:
             except PaleError as e:
                 raise LaunchError(f'{key}.checkpoint: {e}') from None
             continue
-        if osp.isfile(osp.expanduser(path)):
+        if osp.exists(osp.expanduser(path)):
+            check_file(osp.expanduser(path), f'pretrained checkpoint ({key})')
             continue
         if resuming or cfg.get('load_from'):
             warnings.warn(f'pretrained checkpoint {path} ({key}) not found; not needed since '
@@ -133,5 +134,12 @@ def _drop_init_cfg(model_cfg, keys) -> None:
 
 
 def check_file(path: str, what: str) -> None:
-    if not is_remote(path) and not osp.isfile(path):
+    """A local checkpoint must exist and be whole (cut short, damaged, a record missing, a
+    directory...: :func:`pale_mm.checkpoint.check_checkpoint_file`) before anything is built;
+    a trial load with the tensors mapped from the file, not read, costs little."""
+    from .checkpoint import check_checkpoint_file
+    if is_remote(path):
+        return
+    if not osp.exists(path):
         raise LaunchError(f'{what} not found: {path}')
+    check_checkpoint_file(path, what, trial_load=True)

@@ -26,28 +26,45 @@ def checkpoints_in(work_dir: str):
 
 def find_resume_checkpoint(work_dir: str) -> Optional[str]:
     """The checkpoint ``--resume`` (without a path) continues from: the one
-    ``last_checkpoint`` names if it is complete, else the newest complete one in the work
-    dir (a run killed at the wrong moment, or copied over incompletely). Temporary files of
-    killed saves are removed."""
+    ``last_checkpoint`` names, else the newest in the work dir, passing over (with a warning
+    that says why) any that is missing, cut short (a run killed at the wrong moment, an
+    incomplete copy), damaged or cannot be loaded
+    (:func:`pale_mm.checkpoint.checkpoint_problem`). None for a work dir without
+    checkpoints. Temporary files of killed saves are removed.
+
+    Raises:
+        LaunchError: the work dir holds checkpoints, but none of them is whole.
+    """
     from mmengine.runner import find_latest_checkpoint
 
-    from .checkpoint import is_complete_checkpoint, remove_stale_tmp_files
+    from .checkpoint import checkpoint_problem, remove_stale_tmp_files
     if not osp.isdir(work_dir):
         return None
     for path in remove_stale_tmp_files(work_dir):
         warnings.warn(f'removed {path}, the unfinished save of a killed run')
-    marker = osp.join(work_dir, 'last_checkpoint')
     named = find_latest_checkpoint(work_dir) or None  # what last_checkpoint names
     if named and not osp.isabs(named) and not osp.exists(named):
         named = osp.join(work_dir, osp.basename(named))
-    if named and is_complete_checkpoint(named):
-        return named
-    for path in checkpoints_in(work_dir):
-        if is_complete_checkpoint(path):
-            if named:
-                warnings.warn(f'{marker} names {named}, which is missing or incomplete; '
-                              f'resuming from {path}, the newest complete checkpoint')
+    candidates = [named] if named else []
+    candidates += [p for p in checkpoints_in(work_dir)
+                   if not named or osp.realpath(p) != osp.realpath(named)]
+    passed_over = []
+    for path in candidates:
+        problem = checkpoint_problem(path, trial_load=True)
+        if problem is None:
+            if passed_over:
+                warnings.warn(f'--resume: passing over {"; ".join(passed_over)}; resuming '
+                              f'from {path}, the newest whole checkpoint')
             return path
+        passed_over.append(f'{path}, which {problem}')
+    if len(candidates) > (1 if named else 0) or (named and osp.exists(named)):
+        raise LaunchError(
+            f'--resume: no whole checkpoint in {work_dir}: {"; ".join(passed_over)}. Put a '
+            'good one there and name it with --resume PATH, or start a new run with another '
+            '--work-dir.')
+    if named:
+        warnings.warn(f'--resume: {osp.join(work_dir, "last_checkpoint")} names {named}, '
+                      'which does not exist, and there is no other checkpoint')
     return None
 
 

@@ -1,7 +1,11 @@
 """Checkpoints: mmengine's own load under torch 2.14 with weights_only and an allow-list;
-anything else is refused; pretrained backbones load with or without prefix and head."""
+anything else is refused; pretrained backbones load with or without prefix and head; files
+torch writes in other ways than today's default pass the integrity check; atomic writes.
+(Broken files through the tools: tests/test_broken_checkpoints.py.)"""
+import errno
 import os
 import pickle
+import zipfile
 
 import numpy as np
 import pytest
@@ -9,7 +13,10 @@ import torch
 from mmengine.runner.checkpoint import _load_checkpoint, load_checkpoint
 
 from pale_mm import PaleTransformer
-from pale_mm.checkpoint import UnsafeCheckpointError, load_pretrained_backbone, safe_load
+from pale_mm.checkpoint import (BrokenCheckpointError, CheckpointWriteError,
+                                UnsafeCheckpointError, atomic_save, atomic_text_file,
+                                atomic_write, checkpoint_problem, load_pretrained_backbone,
+                                safe_load)
 
 
 class _RunsACommand:
@@ -165,3 +172,89 @@ def test_mmengine_load_checkpoint_into_backbone(tmp_path, tiny_arch):
     dst = PaleTransformer(tiny_arch)
     load_checkpoint(dst, str(path))
     assert torch.equal(dst.stem.proj.weight, sd['stem.proj.weight'])
+
+
+# ------------------------------------------------------------------ integrity check
+WEIGHTS = {'state_dict': {'w': torch.arange(1000.0), 'b': torch.ones(3)}}
+
+
+def _written(path, how):
+    if how == 'legacy':  # torch < 1.6: a pickle, no zip archive and no CRC-32
+        torch.save(WEIGHTS, path, _use_new_zipfile_serialization=False)
+    elif how == 'without_crc':  # CRC-32 fields left 0
+        torch.serialization.set_crc32_options(False)
+        try:
+            torch.save(WEIGHTS, path)
+        finally:
+            torch.serialization.set_crc32_options(True)
+    else:  # unpacked and packed again by a zip tool, compressed
+        plain = path.with_suffix('.plain')
+        torch.save(WEIGHTS, plain)
+        with zipfile.ZipFile(plain) as src, zipfile.ZipFile(path, 'w',
+                                                             zipfile.ZIP_DEFLATED) as dst:
+            for name in src.namelist():
+                dst.writestr(name, src.read(name))
+
+
+@pytest.mark.parametrize('how', ['legacy', 'without_crc', 'repacked_compressed'])
+def test_other_torch_files_are_whole(tmp_path, how):
+    path = tmp_path / 'ckpt.pth'
+    _written(path, how)
+    assert checkpoint_problem(str(path), trial_load=True) is None
+    assert torch.equal(safe_load(path)['state_dict']['w'], WEIGHTS['state_dict']['w'])
+
+
+def test_damaged_compressed_record_is_found(tmp_path):
+    path = tmp_path / 'ckpt.pth'
+    _written(path, 'repacked_compressed')
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        record = max(archive.infolist(), key=lambda r: r.compress_size)
+    data[record.header_offset + 30 + len(record.filename) + record.compress_size // 2] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(BrokenCheckpointError, match=f'record {record.filename}'):
+        safe_load(path)
+
+
+def test_a_file_changed_after_its_check_is_checked_again(tmp_path):
+    """The check is skipped only for a file whose size, inode and mtime are unchanged."""
+    path = tmp_path / 'ckpt.pth'
+    torch.save(WEIGHTS, path)
+    assert checkpoint_problem(str(path)) is None
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 1
+    path.write_bytes(bytes(data))  # same inode and size, new mtime
+    assert 'is damaged' in checkpoint_problem(str(path))
+
+
+# ------------------------------------------------------------------ atomic writes
+def test_failed_write_keeps_the_previous_file(tmp_path):
+    path = tmp_path / 'iter_4.pth'
+    atomic_save(WEIGHTS, str(path))
+    before = path.read_bytes()
+
+    def fill_the_disk(f):
+        f.write(b'PK\x03\x04 partial')
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(CheckpointWriteError) as failure:
+        atomic_write(str(path), fill_the_disk)
+    assert str(failure.value).startswith(
+        f'could not write {path}: No space left on device (ENOSPC). {tmp_path} holds what it '
+        'held before this save')
+    assert f'Free space in {tmp_path}' in str(failure.value)
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ['iter_4.pth']  # no temporary file left
+
+
+def test_atomic_text_file(tmp_path):
+    path = tmp_path / 'last_checkpoint'
+    path.write_text('iter_2.pth')
+    with pytest.raises(KeyError):
+        with atomic_text_file(str(path)) as f:
+            f.write('iter_4')
+            raise KeyError('the block failed: nothing is written')
+    assert path.read_text() == 'iter_2.pth'
+    with atomic_text_file(str(path)) as f:
+        f.write('iter_4.pth')
+    assert path.read_text() == 'iter_4.pth' and os.listdir(tmp_path) == ['last_checkpoint']
