@@ -9,11 +9,12 @@ mmengine, mmdet, mmseg and mmpretrain checkpoints hold (:data:`ALLOWED_GLOBALS`)
 :mod:`pale_mm.compat` makes mmengine's local-file loader (used for ``init_cfg`` Pretrained,
 ``load_from`` and ``--resume``) go through it where the installed versions need it.
 
-Saving is made atomic (:func:`atomic_save`, used by :mod:`pale_mm.compat` for mmengine's saves): a checkpoint is written into a
-temporary file beside its destination and renamed over it only once complete, so a process
-killed while saving leaves the previous checkpoints as they were, never a truncated file
-that ``--resume`` would pick up; a save that fails (disk full) raises
-:class:`CheckpointWriteError` naming the folder, with the earlier files unchanged.
+Saving is made atomic (:func:`atomic_save`, used by :mod:`pale_mm.compat` for mmengine's
+saves): a checkpoint is written into a temporary file beside its destination and renamed
+over it only once complete, so a process killed while saving leaves the previous checkpoints
+as they were, never a truncated file that ``--resume`` would pick up; a save that fails
+(disk full) raises :class:`CheckpointWriteError` naming the folder, with the earlier files
+unchanged.
 
 Every local checkpoint is checked whole before it is loaded (:func:`checkpoint_problem`:
 cut short, damaged bytes by the CRC-32 of every record, no checkpoint at all), and
