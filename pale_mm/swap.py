@@ -95,10 +95,12 @@ def _resnet_like(bb: dict) -> list:
     num_stages = bb.get('num_stages', 4)
     strides = _as_list(bb.get('strides', (1, 2, 2, 2)))
     indices = _indices(bb, (0, 1, 2, 3), num_stages)
-    stride, level_stride = 4, []
+    stride, level_stride = 4, []  # the stem's stride, then each stage's
     for s in strides[:num_stages]:
         stride *= s
         level_stride.append(stride)
+    if any(i >= len(level_stride) for i in indices):
+        return None
     return [(i, level_stride[i]) for i in indices]
 
 
@@ -125,8 +127,8 @@ def _mscan(bb: dict) -> list:
 
 
 BACKBONES = {
-    **dict.fromkeys(['ResNet', 'ResNetV1c', 'ResNetV1d', 'ResNeXt', 'Res2Net', 'ResNeSt',
-                     'RegNet'], _resnet_like),
+    **dict.fromkeys(['ResNet', 'ResNetV1c', 'ResNetV1d', 'ResNeXt', 'Res2Net', 'ResNeSt'],
+                    _resnet_like),
     **dict.fromkeys(['SwinTransformer', 'MixVisionTransformer', 'PyramidVisionTransformer',
                      'PyramidVisionTransformerV2', 'PaleTransformer', 'TwinsPCPVT',
                      'SVT'], _four_stage()),
@@ -157,9 +159,11 @@ class Consumer:
     ``reads`` lists the output positions it reads; :meth:`rewrite` returns the overrides for
     the new positions (``position[old] = new``) and channels (``channels[old]``)."""
 
-    def __init__(self, key: str, cfg: dict, num_inputs: int):
+    def __init__(self, key: str, cfg: dict, num_inputs: int, scope: str):
         self.key, self.cfg, self.num_inputs = key, cfg, num_inputs
         self.name = type_name(cfg.get('type'))
+        t = cfg.get('type')  # 'mmdet.FPN' names its library; else the config's default scope
+        self.scope = t.split('.')[0] if isinstance(t, str) and '.' in t else scope
 
     reads: List[int]
 
@@ -169,19 +173,24 @@ class Consumer:
 
 
 class FPNLike(Consumer):
-    """Reads inputs start_level .. end_level (mmdet's and mmseg's FPN, PAFPN, NAS-FPN...).
-    The unread ones are dropped: start_level becomes 0."""
+    """Reads inputs start_level .. end_level (mmdet's and mmseg's FPN, PAFPN, NAS-FPN...;
+    mmdet's end_level is the last input read, mmseg's the one after it). The unread ones
+    are dropped: start_level becomes 0, end_level -1."""
+
+    @property
+    def start_level(self) -> int:
+        return self.cfg.get('start_level', 1 if self.name == 'NASFCOS_FPN' else 0)
 
     @property
     def reads(self):
         n = len(self.cfg['in_channels'])
-        start, end = self.cfg.get('start_level', 0), self.cfg.get('end_level', -1)
-        stop = n if end in (-1, n - 1) else end + 1
-        return list(range(start, stop))
+        end = self.cfg.get('end_level', -1)
+        stop = n if end == -1 else end if self.scope == 'mmseg' else end + 1
+        return list(range(self.start_level, stop))
 
     def rewrite(self, position, channels, strides):
         new = dict(in_channels=[channels[p] for p in self.reads])
-        if self.cfg.get('start_level', 0) != 0:
+        if self.start_level != 0:
             new['start_level'] = 0
         if self.cfg.get('end_level', -1) != -1:
             new['end_level'] = -1
@@ -238,31 +247,13 @@ class DecodeHead(Consumer):
         return dict(in_index=position[self.reads[0]], in_channels=channels[self.reads[0]])
 
 
-class SepASPPHead(DecodeHead):
-    """DeepLabV3+: ASPP on ``in_index`` and a skip from input 0 (``c1_in_channels``)."""
-
-    @property
-    def reads(self):
-        reads = super().reads
-        return reads + [0] if self.cfg.get('c1_in_channels', 0) and 0 not in reads else reads
-
-    def rewrite(self, position, channels, strides):
-        new = ASPPHead.rewrite(self, position, channels, strides)
-        if self.cfg.get('c1_in_channels', 0):
-            if position[0] != 0:
-                raise SwapError(f'{self.key}: reads input 0 ({self.key}.c1_in_channels), which '
-                                'is not the first Pale output; set the head by hand')
-            new['c1_in_channels'] = channels[0]
-        return new
-
-
 class ASPPHead(DecodeHead):
     """DeepLabV3: the dilations of the atrous convolutions are in units of the map's stride;
     on a coarser map (Pale's 32 against a dilated ResNet's 8) they shrink by the ratio, so
     each branch sees as far in pixels as before."""
 
     def rewrite(self, position, channels, strides):
-        new = DecodeHead.rewrite(self, position, channels, strides)
+        new = super().rewrite(position, channels, strides)
         old, pale = strides[self.reads[0]]
         dilations = self.cfg.get('dilations', (1, 6, 12, 18))
         if old != pale:
@@ -271,13 +262,31 @@ class ASPPHead(DecodeHead):
         return new
 
 
+class SepASPPHead(ASPPHead):
+    """DeepLabV3+: ASPP on ``in_index`` and a skip from input 0 (``c1_in_channels``)."""
+
+    @property
+    def reads(self):
+        reads = super().reads
+        return reads + [0] if self.cfg.get('c1_in_channels', 0) and 0 not in reads else reads
+
+    def rewrite(self, position, channels, strides):
+        new = super().rewrite(position, channels, strides)
+        if self.cfg.get('c1_in_channels', 0):
+            if position[0] != 0:
+                raise SwapError(f'{self.key}: reads input 0 ({self.key}.c1_in_channels), which '
+                                'is not the first Pale output; set the head by hand')
+            new['c1_in_channels'] = channels[0]
+        return new
+
+
 class IterativeHead(Consumer):
     """K-Net: the kernel generator (``kernel_generate_head``) reads the backbone."""
 
-    def __init__(self, key, cfg, num_inputs):
-        super().__init__(key, cfg, num_inputs)
+    def __init__(self, key, cfg, num_inputs, scope):
+        super().__init__(key, cfg, num_inputs, scope)
         self.inner = consumer(f'{key}.kernel_generate_head', cfg['kernel_generate_head'],
-                              num_inputs)
+                              num_inputs, scope)
 
     @property
     def reads(self):
@@ -297,43 +306,43 @@ CONSUMERS = {
                      'FPNHead', 'DAHead', 'DNLHead', 'NLHead', 'CCHead', 'EMAHead', 'GCHead',
                      'ANNHead', 'APCHead', 'DMHead', 'EncHead', 'OCRHead', 'PSAHead',
                      'ISAHead', 'SepFCNHead', 'LRASPPHead', 'PointHead', 'STDCHead',
-                     'SegmenterMaskTransformerHead', 'HamHead'], DecodeHead),
+                     'SegmenterMaskTransformerHead'], DecodeHead),
     'ASPPHead': ASPPHead,
     'DepthwiseSeparableASPPHead': SepASPPHead,
     'IterativeDecodeHead': IterativeHead,
 }
 
 
-def consumer(key: str, cfg: dict, num_inputs: int) -> Consumer:
+def consumer(key: str, cfg: dict, num_inputs: int, scope: str) -> Consumer:
     name = type_name(cfg.get('type'))
     if name not in CONSUMERS:
         raise SwapError(
             f'{key}: does not know which backbone outputs {name} reads; set its in_channels '
             "(Pale's stage widths C, 2C, 4C, 8C) and in_index by hand, and the backbone's "
             'out_indices to the stages it reads')
-    return CONSUMERS[name](key, cfg, num_inputs)
+    return CONSUMERS[name](key, cfg, num_inputs, scope)
 
 
-def _consumers(model: dict, num_inputs: int) -> List[tuple]:
+def _consumers(model: dict, num_inputs: int, scope: str) -> List[tuple]:
     """[(key path, Consumer, list index or None)] of what reads the backbone's outputs."""
     found = []
     if model.get('neck'):
         neck = model['neck']
         if isinstance(neck, (list, tuple)):  # sequential necks: the first one reads
-            found.append((('neck', 0), consumer('model.neck.0', neck[0], num_inputs)))
+            found.append((('neck', 0), consumer('model.neck.0', neck[0], num_inputs, scope)))
         else:
-            found.append((('neck', ), consumer('model.neck', neck, num_inputs)))
+            found.append((('neck', ), consumer('model.neck', neck, num_inputs, scope)))
         return found
     for name in ('decode_head', 'auxiliary_head'):  # mmseg
         heads = model.get(name)
         if isinstance(heads, (list, tuple)):
-            found += [((name, i), consumer(f'model.{name}.{i}', h, num_inputs))
+            found += [((name, i), consumer(f'model.{name}.{i}', h, num_inputs, scope))
                       for i, h in enumerate(heads)]
         elif heads:
-            found.append(((name, ), consumer(f'model.{name}', heads, num_inputs)))
+            found.append(((name, ), consumer(f'model.{name}', heads, num_inputs, scope)))
     if model.get('panoptic_head'):  # mmdet's MaskFormer / Mask2Former
         found.append((('panoptic_head', ), consumer('model.panoptic_head',
-                                                    model['panoptic_head'], num_inputs)))
+                                                    model['panoptic_head'], num_inputs, scope)))
     if not found:
         raise SwapError(f"model ({type_name(model.get('type'))}) has no neck and no head "
                         'that swap_backbone knows to read the backbone; set model.neck (or the '
@@ -449,7 +458,7 @@ def rewrite_custom_keys(custom_keys: dict, arch) -> tuple:
     changes = []
     if dropped or len(new) != len(kept):
         changes.append(
-            f'optim_wrapper.paramwise_cfg.custom_keys: dropped {len(dropped)} keys of the old '
+            f'optim_wrapper.paramwise_cfg.custom_keys: dropped {len(dropped)} key(s) of the old '
             f'backbone ({", ".join(dropped[:4])}{", ..." if len(dropped) > 4 else ""}); '
             f'{len(new) - len(kept)} keys give Pale\'s norms'
             + (' and position encodings (cpe)' if 'position' in target else '')
@@ -521,7 +530,8 @@ def swap_backbone(cfg, arch: Union[str, dict] = 'tiny', pretrained: Optional[str
     else:
         outputs = backbone_outputs(backbone)
     num_inputs = len(outputs)
-    consumers = _consumers(model, num_inputs)
+    scope = cfg.get('default_scope') or ('mmseg' if 'decode_head' in model else 'mmdet')
+    consumers = _consumers(model, num_inputs, scope)
     read = sorted({p for _, c in consumers for p in c.reads})
     levels = [outputs[p][0] for p in read]
     if len(set(levels)) != len(levels) or levels != sorted(levels):

@@ -300,3 +300,48 @@ def test_other_backbone_keys_in_custom_keys_are_refused():
     with pytest.raises(SwapError, match=r"custom_keys \['backbone\.layer1'\] name parameters "
                                         'of the old backbone'):
         swap_backbone(cfg, 'tiny')
+
+
+PURE_PYTHON_RETINANET = """from mmdet.models import FPN, DetDataPreprocessor, RetinaHead, RetinaNet
+from mmdet.models.backbones import ResNet
+
+model = dict(
+    type=RetinaNet,
+    data_preprocessor=dict(type=DetDataPreprocessor, mean=[103.53, 116.28, 123.675],
+                           std=[1.0, 1.0, 1.0], bgr_to_rgb=False, pad_size_divisor=32),
+    backbone=dict(type=ResNet, depth=50, out_indices=(0, 1, 2, 3), frozen_stages=1),
+    neck=dict(type=FPN, in_channels=[256, 512, 1024, 2048], out_channels=256, start_level=1,
+              add_extra_convs='on_input', num_outs=5),
+    bbox_head=dict(type=RetinaHead, num_classes=80, in_channels=256, feat_channels=256))
+"""
+
+
+def test_pure_python_config_is_swapped_in_python_and_refused_by_the_tool(tmp_path):
+    """A pure-Python config (classes as types) cannot be inherited by an old-style one: the
+    tool says so and names the Python route, which builds."""
+    from det_common import tool
+    from mmengine.config import Config
+    from mmengine.registry import MODELS, init_default_scope
+    path = tmp_path / 'retinanet_pure.py'
+    path.write_text(PURE_PYTHON_RETINANET)
+    with pytest.raises(SystemExit, match=r'is a pure-Python config .*apply_swap'):
+        tool('swap_backbone').main([str(path), '-o', str(tmp_path / 'out.py')])
+    assert not (tmp_path / 'out.py').exists()
+    cfg = Config.fromfile(str(path))
+    apply_swap(cfg, arch=TINY)
+    assert _plain(cfg.model.neck.in_channels) == TINY_DIMS[1:]
+    assert cfg.model.neck.start_level == 0 and tuple(cfg.model.backbone.out_indices) == (1, 2, 3)
+    init_default_scope('mmdet')
+    model = MODELS.build(cfg.model)
+    feats = model.extract_feat(torch.zeros(1, 3, H, W))
+    assert [f.shape[1] for f in feats] == [256] * 5
+
+
+def test_out_indices_place_an_unknown_backbone():
+    cfg = _load('mmdet::retinanet/retinanet_r50_fpn_1x_coco.py')
+    cfg.model.backbone = dict(type='MyBackbone')
+    with pytest.raises(SwapError, match=r'--out-indices'):
+        swap_backbone(cfg, 'tiny')
+    swap = swap_backbone(cfg, 'tiny', out_indices=[0, 1, 2, 3])
+    assert swap.overrides['model']['backbone']['out_indices'] == (1, 2, 3)  # FPN start_level 1
+    assert swap.overrides['model']['neck'] == dict(in_channels=[128, 256, 512], start_level=0)

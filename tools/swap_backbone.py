@@ -17,6 +17,8 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
+from mmengine.config import Config  # noqa: E402
+
 from pale_mm.errors import PaleError  # noqa: E402
 from pale_mm.swap import SwapError, render_config, resolve_config, swap_backbone  # noqa: E402
 
@@ -40,7 +42,6 @@ def parse_args(argv=None):
 
 def check_builds(path: str) -> None:
     """Build the model of the written config (no weights are loaded)."""
-    from mmengine.config import Config
     from mmengine.registry import MODELS, init_default_scope
     cfg = Config.fromfile(path)
     init_default_scope(cfg.get('default_scope', 'mmdet'))
@@ -59,6 +60,11 @@ def main(argv=None):
                                                            else sys.argv[1:])
     try:
         config = resolve_config(args.config)
+        if Config._is_lazy_import(config):
+            raise SwapError(
+                f'{args.config} is a pure-Python config (imports, no _base_), which an old-style '
+                'config cannot inherit; swap it in Python: cfg = Config.fromfile(path); '
+                "pale_mm.swap.apply_swap(cfg, arch='tiny') (docs/your_config.md)")
         swap = swap_backbone(config, args.arch, args.pretrained, args.out_indices)
         os.makedirs(osp.dirname(out), exist_ok=True)
         with open(tmp, 'w') as f:
