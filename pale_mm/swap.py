@@ -418,8 +418,11 @@ def rewrite_custom_keys(custom_keys: dict, arch) -> tuple:
     kept = {k: v for k, v in custom_keys.items()
             if k == 'backbone' or not (k.startswith('backbone.') or k in _FOREIGN_POSITION_KEYS)}
     dropped = [k for k in custom_keys if k not in kept]
+    # the old backbone's norms: its own keys, else bare ones ('norm') unless a longer
+    # 'backbone' key decided for them (mmengine: the longest key in the name decides)
     norm_keys = [k for k in custom_keys if 'norm' in k and k.startswith('backbone.')] or \
-        [k for k in custom_keys if 'norm' in k and k != 'backbone' and k not in dropped]
+        [k for k in kept if 'norm' in k and k != 'backbone'
+         and ('backbone' not in kept or len(k) > len('backbone'))]
     position_keys = [k for k in dropped if any(p in k for p in _FOREIGN_POSITION_KEYS)]
     other = [k for k in dropped if k not in norm_keys and k not in position_keys]
     if other:
@@ -457,13 +460,15 @@ def rewrite_custom_keys(custom_keys: dict, arch) -> tuple:
                         f'{wrong[:3]} the settings of the old backbone\'s; set them by hand')
     changes = []
     if dropped or len(new) != len(kept):
+        added = [k for k in new if k not in kept]
+        for_kinds = {kinds[next(n for n in kinds if k in n)] for k in added}
+        what = "Pale's " + ' and '.join(w for kind, w in (
+            ('norm', 'norms'), ('position', 'position encodings (cpe)')) if kind in for_kinds)
         changes.append(
             f'optim_wrapper.paramwise_cfg.custom_keys: dropped {len(dropped)} key(s) of the old '
-            f'backbone ({", ".join(dropped[:4])}{", ..." if len(dropped) > 4 else ""}); '
-            f'{len(new) - len(kept)} keys give Pale\'s norms'
-            + (' and position encodings (cpe)' if 'position' in target else '')
-            + ' the settings the old norms'
-            + (' and position tables' if 'position' in target else '') + ' had')
+            f'backbone ({", ".join(dropped[:4])}{", ..." if len(dropped) > 4 else ""})'
+            + (f'; {len(added)} keys give {what} the settings the old backbone\'s had'
+               if added else ''))
     return new, changes
 
 
