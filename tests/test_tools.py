@@ -179,6 +179,7 @@ def test_gpu_check_on_cpu(tmp_path):
     text = res.stdout
     assert 'mmengine: 0.10.7' in text and 'mmcv: 2.1.0' in text
     assert '1 passed' in text and 'model tests: passed' in text
+    assert 'benchmark (' in text and 'benchmark.json): passed' in text
     data = json.loads((out / 'benchmark.json').read_text())
     assert (data['device'], data['dtype'], data['batch']) == ('cpu', 'bfloat16', 2)
     assert list(data['results']) == ['64x96']

@@ -108,8 +108,13 @@ KINETO_LOG_LEVEL=${KINETO_LOG_LEVEL:-5} timeout "$limit_bench" "$PYTHON" "${benc
 bench_rc=$?
 
 echo "== summary"
-if [ $tests_rc = 0 ]; then echo "model tests: passed"
-else echo "model tests: FAILED (exit $tests_rc; 124: over the ${limit_tests} s limit)"; fi
-if [ $bench_rc = 0 ]; then echo "benchmark: done ($out/benchmark.json)"
-else echo "benchmark: FAILED (exit $bench_rc; 124: over the ${limit_bench} s limit)"; fi
+verdict() {  # name, exit status, time limit
+  case "$2" in
+    0) echo "$1: passed" ;;
+    124) echo "$1: FAILED (stopped at its $3 s limit)" ;;
+    *) echo "$1: FAILED (exit $2)" ;;
+  esac
+}
+verdict "model tests" $tests_rc "$limit_tests"
+verdict "benchmark ($out/benchmark.json)" $bench_rc "$limit_bench"
 [ $tests_rc = 0 ] && [ $bench_rc = 0 ]
