@@ -8,8 +8,8 @@ checked again when a newer mmengine comes out.
 ============================  ==========================  ====================================
 fix                           applies to                  upstream
 ============================  ==========================  ====================================
-safe checkpoint loading       mmengine <= 0.10.7 with     open-mmlab/mmengine#1655
-                              torch >= 2.6
+safe checkpoint loading       mmengine <= 0.10.7 with     open-mmlab/mmengine#1655 (local
+                              torch >= 2.6                files); none filed (URLs)
 atomic checkpoint saving      mmengine <= 0.10.7          none filed
 removal after saving          mmengine <= 0.10.7          none filed
 atomic last_checkpoint        mmengine <= 0.10.7          none filed
@@ -56,9 +56,26 @@ def _load_local(filename, map_location):
 _load_local.__name__ = 'load_from_local'  # mmengine logs the loader's name from char 11 on
 
 
+# mmengine's loaders of URLs (http(s)://, open-mmlab://, torchvision://: load_from, any
+# backbone's init_cfg, the inferencers' weights) call torch.hub.load_state_dict_from_url,
+# whose weights_only defaults to False: a downloaded checkpoint could run code on load.
+# They now download into the same cache and load through safe_load.
+URL_SCHEMES = ('http://', 'https://', 'open-mmlab://', 'openmmlab://', 'torchvision://')
+
+
+def _load_url(filename, map_location):
+    from .checkpoint import local_checkpoint
+    with local_checkpoint(filename) as path:
+        return safe_load(path, map_location)
+
+
+_load_url.__name__ = 'load_from_url'
+
+
 def _use_safe_loading() -> None:
     from mmengine.runner.checkpoint import CheckpointLoader
     CheckpointLoader.register_scheme(prefixes='', loader=_load_local, force=True)
+    CheckpointLoader.register_scheme(prefixes=URL_SCHEMES, loader=_load_url, force=True)
 
 
 # ---------------------------------------------------------------------------------------

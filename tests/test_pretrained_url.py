@@ -136,6 +136,20 @@ def test_downloaded_checkpoint_goes_through_the_allow_list(server, tiny_arch, tm
     assert not (tmp_path / 'pwned_by_url').exists()
 
 
+def test_mmengine_url_loading_goes_through_the_allow_list(server, tmp_path, monkeypatch):
+    """load_from=URL and other backbones' URL init_cfg go through mmengine's own loader,
+    which pale_mm.compat points at the same download and allow-list."""
+    from mmengine.runner.checkpoint import _load_checkpoint
+    root, base = server
+    monkeypatch.chdir(tmp_path)
+    torch.save({'state_dict': {'w': torch.ones(2)}}, root / 'good.pth')
+    assert torch.equal(_load_checkpoint(f'{base}/good.pth')['state_dict']['w'], torch.ones(2))
+    torch.save({'state_dict': {}, 'meta': _RunsCommand()}, root / 'evil.pth')
+    with pytest.raises(UnsafeCheckpointError, match=r'posix\.system|os\.system'):
+        _load_checkpoint(f'{base}/evil.pth')
+    assert not (tmp_path / 'pwned_by_url').exists()
+
+
 def test_segmentor_level_pretrained_names_the_fix(tiny_arch):
     """mmseg's EncoderDecoder hands model.pretrained (ResNet's, in the config Pale was
     dropped into) to the backbone."""
