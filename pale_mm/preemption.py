@@ -12,6 +12,7 @@ sends before a job's time is up) finishes its iteration, writes a checkpoint and
 processes and return the code; ``slurm_train.sh`` requeues the job with it, and the requeued
 job continues with ``--resume``. See ``docs/cluster.md``.
 """
+import functools
 import logging
 import os
 import os.path as osp
@@ -48,11 +49,9 @@ class TrainingPreempted(SystemExit):
 class PreemptionHook(Hook):
     """Stop training at SIGTERM or SIGUSR1 with a checkpoint to resume from.
 
-    The handlers are installed when the hook is built, before the runner starts data loader
-    workers: the workers inherit them, so that a signal sent to the whole process group
-    (as slurm does) does not kill a worker and with it the run before it can save. A
-    handler only notes the signal; further signals (a second one during the save, or the
-    same one forwarded by the launcher) change nothing.
+    A handler only notes the signal; further signals (a second one during the save, or the
+    same one passed on by the launcher) change nothing. Data loader workers ignore them
+    (:func:`workers_leave_signals_to_training`, applied by :mod:`pale_mm.runner`).
 
     After every training iteration the processes agree (one all-reduce of a flag) whether
     any of them was signalled, so that all stop after the same iteration, then write
@@ -133,6 +132,22 @@ class PreemptionHook(Hook):
         print_log(f'saved {path}; exiting with code {PREEMPTED_EXIT_CODE} (preempted: run '
                   'again with --resume)', logger='current', level=logging.WARNING)
         raise TrainingPreempted(path)
+
+
+def workers_leave_signals_to_training(loader) -> None:
+    """Data loader workers ignore SIGTERM and SIGUSR1, which the launcher sends to a training
+    process's whole process group (torchrun, slurm): torch's own worker handler would die of
+    it, and the training process would fail at once ("DataLoader worker is killed by signal")
+    instead of saving. A worker still ends when its training process does."""
+    if loader.num_workers > 0:
+        loader.worker_init_fn = functools.partial(_ignore_signals_then, loader.worker_init_fn)
+
+
+def _ignore_signals_then(worker_init_fn, worker_id: int) -> None:
+    for number in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(number, signal.SIG_IGN)
+    if worker_init_fn is not None:
+        worker_init_fn(worker_id)
 
 
 @LOOPS.register_module()

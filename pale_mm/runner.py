@@ -4,6 +4,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from .hooks import wrap_dataset_pipelines
+from .preemption import workers_leave_signals_to_training
 
 
 class CheckedDataRunner(Runner):
@@ -14,6 +15,7 @@ class CheckedDataRunner(Runner):
     def build_dataloader(dataloader, seed=None, diff_rank_seed=False):
         loader = Runner.build_dataloader(dataloader, seed=seed, diff_rank_seed=diff_rank_seed)
         wrap_dataset_pipelines(loader.dataset)
+        workers_leave_signals_to_training(loader)  # preemption signals reach the whole group
         return loader
 
 
