@@ -178,7 +178,8 @@ def test_single_channel_model(tiny_arch, device):
 
 def test_state_dict_keys_of_a_block():
     """The names checkpoints are saved under: unchanged, so earlier checkpoints load."""
-    model = PaleTransformer(dict(embed_dims=16, depths=(1, 1), num_heads=(2, 2)))
+    model = PaleTransformer(dict(embed_dims=16, depths=(1, 1), num_heads=(2, 2)),
+                            out_indices=(0, 1))
     block = {k.split('blocks.0.', 1)[1] for k in model.state_dict()
              if k.startswith('stages.1.blocks.0.')}
     projection = {f'{t}.{k}' for t in 'qkv' for k in (
