@@ -135,17 +135,18 @@ class PreemptionHook(Hook):
 
 
 def workers_leave_signals_to_training(loader) -> None:
-    """Data loader workers ignore SIGTERM and SIGUSR1, which the launcher sends to a training
-    process's whole process group (torchrun, slurm): torch's own worker handler would die of
-    it, and the training process would fail at once ("DataLoader worker is killed by signal")
-    instead of saving. A worker still ends when its training process does."""
+    """Data loader workers run in a process group of their own: torchrun sends SIGTERM to a
+    training process's whole group, and a worker killed by it fails the training process at
+    once ("DataLoader worker is killed by signal") instead of letting it save. The training
+    process still stops its workers itself. (Ignoring the signal in the workers instead would
+    hang the exit: Python's multiprocessing ends daemon workers with SIGTERM and waits.)"""
     if loader.num_workers > 0:
-        loader.worker_init_fn = functools.partial(_ignore_signals_then, loader.worker_init_fn)
+        loader.worker_init_fn = functools.partial(_own_process_group_then,
+                                                  loader.worker_init_fn)
 
 
-def _ignore_signals_then(worker_init_fn, worker_id: int) -> None:
-    for number in (signal.SIGTERM, signal.SIGUSR1):
-        signal.signal(number, signal.SIG_IGN)
+def _own_process_group_then(worker_init_fn, worker_id: int) -> None:
+    os.setpgid(0, 0)
     if worker_init_fn is not None:
         worker_init_fn(worker_id)
 
