@@ -243,11 +243,12 @@ class DataCheckHook(Hook):
 
 
 def add_run_hooks(cfg, train: bool) -> None:
-    """Put :class:`DataCheckHook` (and for training :class:`ExactResumeHook`) into
-    ``cfg.custom_hooks`` unless the config has them already."""
+    """Put :class:`DataCheckHook`, :class:`pale_mm.checkpoint.CheckpointFitHook` (and for
+    training :class:`ExactResumeHook`) into ``cfg.custom_hooks`` unless the config has them
+    already."""
     hooks = list(cfg.get('custom_hooks') or [])
     have = {h.get('type') for h in hooks if isinstance(h, dict)}
-    wanted = ['DataCheckHook'] + (['ExactResumeHook'] if train else [])
+    wanted = ['DataCheckHook', 'CheckpointFitHook'] + (['ExactResumeHook'] if train else [])
     for name in wanted:
         if name not in have and f'pale_mm.{name}' not in have:
             hooks.append(dict(type=name))

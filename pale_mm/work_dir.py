@@ -11,8 +11,10 @@ CHECKPOINT_PATTERNS = ('epoch_*.pth', 'iter_*.pth')
 
 
 def checkpoints_in(work_dir: str):
-    """Checkpoints of a work dir (``epoch_*.pth``, ``iter_*.pth``), newest (highest epoch /
-    iteration) first; none for a work dir that does not exist."""
+    """Checkpoints of a work dir (``epoch_*.pth``, ``iter_*.pth``), newest first: by the
+    time they were written, then by their number (an epoch-based run preempted mid-epoch
+    holds both kinds, whose numbers count different things); none for a work dir that does
+    not exist."""
     import glob
     import re
     found = []
@@ -20,8 +22,8 @@ def checkpoints_in(work_dir: str):
         for path in glob.glob(osp.join(work_dir, pattern)):
             m = re.search(r'_(\d+)\.pth$', path)
             if m:
-                found.append((int(m.group(1)), path))
-    return [p for _, p in sorted(found, reverse=True)]
+                found.append((osp.getmtime(path), int(m.group(1)), path))
+    return [p for *_, p in sorted(found, reverse=True)]
 
 
 def find_resume_checkpoint(work_dir: str) -> Optional[str]:

@@ -303,10 +303,10 @@ def test_failed_test_keeps_coco_results(tmp_path_factory, tmp_path):
     finished test survive a test that fails on an unreadable image."""
     from mmdet.registry import MODELS
 
-    from pale_mm import launch
+    from pale_mm.config import load_config
     info = coco_data(tmp_path_factory)
     config, options = _det_options(info, tmp_path)
-    cfg = launch.load_config(config[0], {'model.backbone.init_cfg': None})
+    cfg = load_config(config[0], {'model.backbone.init_cfg': None})
     torch.manual_seed(0)
     checkpoint = str(tmp_path / 'model.pth')
     torch.save({'state_dict': MODELS.build(cfg.model).state_dict()}, checkpoint)

@@ -25,7 +25,7 @@ def test_get_flops_backbone_matches_paper(arch):
 
 def test_sdpa_handle_counts_both_products():
     """The handle's count for one SDPA call equals L*S*(E+Ev) per batch element."""
-    from pale_mm.analysis import complexity
+    from pale_mm.flops import complexity
 
     class Attn(torch.nn.Module):
         def forward(self, q, k, v):
