@@ -301,12 +301,18 @@ def test_failed_runs_keep_what_earlier_runs_wrote(ade_master, tmp_path):
 def test_failed_test_keeps_coco_results(tmp_path_factory, tmp_path):
     """tools/test.py --out results.pkl and CocoMetric's outfile_prefix json files of a
     finished test survive a test that fails on an unreadable image."""
+    import argparse
+
     from mmdet.registry import MODELS
+    from mmengine.config import DictAction
 
     from pale_mm.config import load_config
     info = coco_data(tmp_path_factory)
     config, options = _det_options(info, tmp_path)
-    cfg = load_config(config[0], {'model.backbone.init_cfg': None})
+    # a checkpoint of the very model the test builds (its classes are the data's)
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--o', nargs='+', action=DictAction)
+    cfg = load_config(config[0], parser.parse_args(['--o', *options]).o)
     torch.manual_seed(0)
     checkpoint = str(tmp_path / 'model.pth')
     torch.save({'state_dict': MODELS.build(cfg.model).state_dict()}, checkpoint)
