@@ -109,6 +109,17 @@ class PreemptionHook(Hook):
         else:
             self._stop_at_epoch_end = True
 
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        loop = getattr(runner, '_train_loop', None)
+        if isinstance(loop, ResumableEpochBasedTrainLoop) and loop.batches_into_epoch:
+            checkpoint.setdefault('meta', {})['batches_into_epoch'] = loop.batches_into_epoch
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        loop = getattr(runner, '_train_loop', None)
+        if isinstance(loop, ResumableEpochBasedTrainLoop):
+            loop.batches_into_epoch = int(
+                checkpoint.get('meta', {}).get('batches_into_epoch', 0))
+
     def after_train_epoch(self, runner) -> None:
         if self._stop_at_epoch_end and runner.epoch + 1 < runner.max_epochs:
             self._save_and_exit(runner, by_epoch=True)
@@ -160,16 +171,23 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
     pipeline's random draws replay. mmengine's own loop would train the whole epoch again.
     All epochs have ``len(dataloader)`` batches (as mmengine's schedulers also assume)."""
 
+    # Batches of the current epoch trained so far; a checkpoint written in the middle of an
+    # epoch carries it (meta['batches_into_epoch'], by PreemptionHook), one written at the
+    # end of an epoch does not (0).
+    batches_into_epoch = 0
+
     def run_epoch(self) -> None:
         self.runner.call_hook('before_train_epoch')
         self.runner.model.train()
-        trained = self._iter - self._epoch * len(self.dataloader)
+        trained, self.batches_into_epoch = self.batches_into_epoch, 0
         if trained > 0:
             print_log(f'skipping the {trained} batches of epoch {self._epoch + 1} trained '
                       'before the checkpoint', logger='current')
         for idx, data_batch in enumerate(self.dataloader):
             if idx >= trained:
+                self.batches_into_epoch = idx + 1  # as a save in after_train_iter sees it
                 self.run_iter(idx, data_batch)
+        self.batches_into_epoch = 0
         self.runner.call_hook('after_train_epoch')
         self._epoch += 1
 
