@@ -29,7 +29,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..errors import PaleError
 from .memory_efficient import recomputed_input_linear
-from .pale_attention import pale_attention, pale_attention_bands
+from .pale_attention import pale_attention_bands
 
 # Variants as a table (``../shared/pale_spec.md``): widths C, 2C, 4C, 8C.
 ARCH_SETTINGS: Dict[str, Dict] = {
