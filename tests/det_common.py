@@ -2,6 +2,7 @@
 tools/train.py and tools/test.py as importable modules, and the --cfg-options that shrink a
 Mask R-CNN run to something a 2-core CPU does in seconds."""
 import glob
+import hashlib
 import importlib.util
 import json
 import os
@@ -115,3 +116,14 @@ def torch_threads_env(n=1):
     env = dict(os.environ)
     env.update(OMP_NUM_THREADS=str(n), MKL_NUM_THREADS=str(n))
     return env
+
+
+def tree_digest(root):
+    """{relative path: sha256} of every file under ``root``."""
+    out = {}
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            path = osp.join(dirpath, name)
+            with open(path, 'rb') as f:
+                out[osp.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
+    return out

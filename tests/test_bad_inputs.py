@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 from det_common import (LIGHT_HEADS, NO_VAL, ROOT, coco_data, data_options, tool,
-                        torch_threads_env, write_small_config)
+                        torch_threads_env, tree_digest, write_small_config)
 from seg_common import own_visualizer, small_seg_options
 
 from pale_mm.data.synthetic_ade import make_ade
@@ -238,17 +238,6 @@ def test_cli_prints_the_error_without_traceback(ade_master, tmp_path):
 
 
 # ------------------------------------------------------------------ nothing lost
-def _tree_digest(root):
-    """{relative path: sha256} of every file under ``root``."""
-    out = {}
-    for dirpath, _, names in os.walk(root):
-        for name in names:
-            path = osp.join(dirpath, name)
-            with open(path, 'rb') as f:
-                out[osp.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
-    return out
-
-
 def test_failed_runs_keep_what_earlier_runs_wrote(ade_master, tmp_path):
     """Checkpoints, logs and --out label maps of a finished run survive: a new run into the
     same work dir (refused), a resumed run and a test that fail on broken data."""
@@ -261,8 +250,8 @@ def test_failed_runs_keep_what_earlier_runs_wrote(ade_master, tmp_path):
     tool('test').main([ADE_CONFIG, checkpoint, '--work-dir', str(work_dir), '--out',
                        str(out_dir), '--cfg-options'] + test_options)
     assert len(os.listdir(out_dir)) == info['num_val']
-    before = dict(_tree_digest(work_dir), **{f'out/{k}': v for k, v in
-                                             _tree_digest(out_dir).items()})
+    before = dict(tree_digest(work_dir), **{f'out/{k}': v for k, v in
+                                             tree_digest(out_dir).items()})
     assert any(k.endswith('.log') for k in before) and 'iter_2.pth' in before
 
     # 1. a new run into the same work dir would overwrite iter_2.pth: refused
@@ -286,8 +275,8 @@ def test_failed_runs_keep_what_earlier_runs_wrote(ade_master, tmp_path):
                           + [f'visualizer.name=vis_{os.getpid()}_test'])
     assert 'outside the 4 classes' in str(exc.value.code)
 
-    after = dict(_tree_digest(work_dir), **{f'out/{k}': v for k, v in
-                                            _tree_digest(out_dir).items()})
+    after = dict(tree_digest(work_dir), **{f'out/{k}': v for k, v in
+                                            tree_digest(out_dir).items()})
     # mmengine writes the config of the newest run started in a work dir to its top level
     # (<work_dir>/pale_t_ade20k.py); every run's own copy stays in <timestamp>/vis_data/
     assert any(k.endswith(osp.join('vis_data', 'config.py')) for k in before)

@@ -16,7 +16,6 @@ Every checkpoint here comes from one tiny real run (tools/train.py, 4 iterations
 """
 import copy
 import errno
-import hashlib
 import io
 import os
 import os.path as osp
@@ -27,7 +26,7 @@ import zipfile
 
 import pytest
 import torch
-from det_common import ROOT, tool, torch_threads_env
+from det_common import ROOT, tool, torch_threads_env, tree_digest
 from seg_common import small_seg_options
 
 from pale_mm.checkpoint import checkpoint_problem, safe_load
@@ -161,17 +160,6 @@ ROUTES = ['resume_path', 'resume_auto', 'load_from', 'init_cfg', 'test']
 PASSED_OVER = {b for b in BREAKERS if b is not other_shapes}
 
 
-def _digest(root):
-    """{relative path: sha256} of every file under ``root``."""
-    out = {}
-    for dirpath, _, names in os.walk(root):
-        for name in names:
-            path = osp.join(dirpath, name)
-            with open(path, 'rb') as f:
-                out[osp.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
-    return out
-
-
 def _run_tool(name, argv):
     """tools/<name>.py in this process: its error line, or None when it ran through."""
     try:
@@ -199,7 +187,7 @@ def _broken_work_dir(trained, tmp_path, breaker):
 def test_broken_checkpoint(breaker, route, trained, tmp_path, recwarn):
     work_dir, expected = _broken_work_dir(trained, tmp_path, breaker)
     good, broken = work_dir / 'iter_2.pth', work_dir / 'iter_4.pth'
-    before = _digest(work_dir)
+    before = tree_digest(work_dir)
     config, options = trained['config'], _options(trained['ade'], 4)
     run_dir = ['--work-dir', str(work_dir)]
     if route == 'resume_auto' and breaker in PASSED_OVER:
@@ -232,7 +220,7 @@ def test_broken_checkpoint(breaker, route, trained, tmp_path, recwarn):
         assert str(broken) in message and expected in message, message
         assert '\n' not in message and 'Traceback' not in message, message
     assert not (tmp_path / 'command_ran').exists()  # nothing in the file ran
-    after = _digest(work_dir)
+    after = tree_digest(work_dir)
     changed = [k for k, v in before.items() if after.get(k) != v and k != CONFIG_DUMP]
     assert not changed, f'changed or deleted in the work dir: {changed}'
     assert not list((tmp_path / 'new_work').glob('*.pth'))
@@ -242,7 +230,7 @@ def test_resume_passes_over_a_broken_checkpoint(trained, tmp_path):
     """tools/train.py --resume: the newest checkpoint has a flipped byte; the run warns,
     resumes from iter_2.pth and changes nothing there (up to iteration 2: it ends at once)."""
     work_dir, expected = _broken_work_dir(trained, tmp_path, flipped_byte_in_tensor_data)
-    before = _digest(work_dir)
+    before = tree_digest(work_dir)
     with pytest.warns(UserWarning) as warned:
         runner = tool('train').main([trained['config'], '--work-dir', str(work_dir),
                                      '--resume', '--cfg-options', *_options(trained['ade'], 2)])
@@ -250,7 +238,7 @@ def test_resume_passes_over_a_broken_checkpoint(trained, tmp_path):
     assert f'passing over {work_dir / "iter_4.pth"}, which is damaged' in text, text
     assert f'resuming from {work_dir / "iter_2.pth"}, the newest whole checkpoint' in text
     assert runner.iter == 2
-    after = _digest(work_dir)
+    after = tree_digest(work_dir)
     assert not [k for k, v in before.items() if after.get(k) != v and k != CONFIG_DUMP]
 
 
@@ -276,12 +264,12 @@ def test_resume_without_any_whole_checkpoint_is_refused(trained, tmp_path):
     """All checkpoints broken: --resume must not start from scratch over them."""
     work_dir, _ = _broken_work_dir(trained, tmp_path, cut_in_half)
     (work_dir / 'iter_2.pth').write_bytes((work_dir / 'iter_2.pth').read_bytes()[:1000])
-    before = _digest(work_dir)
+    before = tree_digest(work_dir)
     message = _run_tool('train', [trained['config'], '--work-dir', str(work_dir), '--resume',
                                   '--cfg-options', *_options(trained['ade'], 4)])
     assert message.startswith(f'train.py: error: --resume: no whole checkpoint in {work_dir}')
     assert f'{work_dir / "iter_2.pth"}, which is cut short' in message, message
-    assert _digest(work_dir) == before
+    assert tree_digest(work_dir) == before
 
 
 def test_integrity_check_of_a_whole_checkpoint(trained):
@@ -349,7 +337,7 @@ def test_a_failed_save_keeps_the_previous_checkpoint(what, inject, name, code, t
     shutil.copytree(trained['work_dir'], work_dir)
     (work_dir / 'iter_4.pth').unlink()
     (work_dir / 'last_checkpoint').write_text(str(work_dir / 'iter_2.pth'))
-    before = _digest(work_dir)
+    before = tree_digest(work_dir)
 
     def resume():
         return _run_tool('train', [trained['config'], '--work-dir', str(work_dir), '--resume',
@@ -362,7 +350,7 @@ def test_a_failed_save_keeps_the_previous_checkpoint(what, inject, name, code, t
     assert message.startswith(f'train.py: error: could not write {work_dir / name}: ')
     assert f'({code}). {work_dir} holds what it held before this save' in message, message
     assert '\n' not in message
-    after = _digest(work_dir)
+    after = tree_digest(work_dir)
     assert not [k for k, v in before.items() if after.get(k) != v and k != CONFIG_DUMP]
     assert (work_dir / 'last_checkpoint').read_text() == str(work_dir / 'iter_2.pth')
     assert not list(work_dir.glob('.*.tmp'))

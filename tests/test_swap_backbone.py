@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import pale_mm  # noqa: F401
-from pale_mm.swap import SwapError, apply_swap, resolve_config, swap_backbone
+from pale_mm.swap import SwapError, _plain, apply_swap, resolve_config, swap_backbone
 
 TINY = dict(embed_dims=16, depths=[1, 1, 2, 1], num_heads=[2, 2, 4, 4])
 TINY_DIMS = [16, 32, 64, 128]
@@ -61,14 +61,6 @@ REWRITE_ONLY = {
         decode_head=dict(in_channels=[64, 128, 256, 512], in_index=[0, 1, 2, 3]),
         auxiliary_head=dict(in_channels=256, in_index=2)),
 }
-
-
-def _plain(x):
-    if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    return x
 
 
 def _load(config):
