@@ -4,10 +4,15 @@
 ``PaleTransformer`` and pale_mm's hooks in each installed library's registries and applies
 the fixes that the installed mmengine needs (:mod:`pale_mm.compat`).
 """
-from . import compat, hooks  # noqa: F401  (hooks: registers pale_mm's hooks)
-from .models import ARCH_SETTINGS, PaleTransformer, pale_attention, pale_attention_reference
-from .registry import register_all
-from .version import __version__
+from .version import check_mmcv
+
+check_mmcv()  # before anything imports mmcv's modules: one line naming the fix
+
+from . import compat, hooks  # noqa: F401,E402  (hooks: registers pale_mm's hooks)
+from .models import (ARCH_SETTINGS, PaleTransformer, pale_attention,  # noqa: E402
+                     pale_attention_reference)
+from .registry import register_all  # noqa: E402
+from .version import __version__  # noqa: E402
 
 compat.apply_fixes()
 register_all()

@@ -21,9 +21,11 @@ cut short, damaged bytes by the CRC-32 of every record, no checkpoint at all), a
 :class:`CheckpointFitHook` refuses one whose weights do not fit the model: each with a
 one-line :class:`~pale_mm.errors.PaleError` naming the file and what is wrong.
 """
+import codecs
 import contextlib
 import difflib
 import errno
+import functools
 import glob
 import hashlib
 import io
@@ -129,9 +131,80 @@ def safe_load(filename: str, map_location='cpu'):
         raise _load_error(filename, e) from None
 
 
+# torch >= 2.5 has ``torch.serialization.safe_globals``: its own weights_only unpickler,
+# extended by an allow-list for one call. Older torch (2.1-2.4) loads through
+# :class:`_AllowListUnpickler` instead: the same allow-list, enforced by find_class.
+TORCH_HAS_SAFE_GLOBALS = hasattr(torch.serialization, 'safe_globals')
+
+
 def _torch_load(filename: str, map_location, mmap: bool = False):
-    with torch.serialization.safe_globals(ALLOWED_GLOBALS):
-        return torch.load(filename, map_location=map_location, weights_only=True, mmap=mmap)
+    if TORCH_HAS_SAFE_GLOBALS:
+        with torch.serialization.safe_globals(ALLOWED_GLOBALS):
+            return torch.load(filename, map_location=map_location, weights_only=True,
+                              mmap=mmap)
+    return torch.load(filename, map_location=map_location, weights_only=False, mmap=mmap,
+                      pickle_module=_allow_list_pickle)
+
+
+def _torch_rebuild_globals() -> Dict[str, object]:
+    """What a pickled torch checkpoint itself refers to: tensor and parameter rebuilders,
+    sizes, devices, dtypes and ``OrderedDict`` (storages are resolved by torch.load before
+    the unpickler is asked)."""
+    import torch._utils as tu
+    found = {'collections.OrderedDict': OrderedDict, 'torch.Size': torch.Size,
+             'torch.device': torch.device,
+             # pickle protocol 2 (torch.save's) writes bytes as _codecs.encode(str, codec)
+             '_codecs.encode': codecs.encode}
+    for name in ('_rebuild_tensor', '_rebuild_tensor_v2', '_rebuild_tensor_v3',
+                 '_rebuild_parameter', '_rebuild_parameter_with_state',
+                 '_rebuild_sparse_tensor', '_rebuild_meta_tensor_no_storage',
+                 '_rebuild_qtensor'):
+        if hasattr(tu, name):
+            found[f'torch._utils.{name}'] = getattr(tu, name)
+    for name in dir(torch):
+        if isinstance(getattr(torch, name, None), torch.dtype):
+            found[f'torch.{name}'] = getattr(torch, name)
+    return found
+
+
+@functools.lru_cache(maxsize=None)
+def _allowed_by_name() -> Dict[str, object]:
+    """:data:`ALLOWED_GLOBALS` with torch's own rebuilders, by ``module.name``."""
+    found = _torch_rebuild_globals()
+    for entry in ALLOWED_GLOBALS:
+        obj, name = entry if isinstance(entry, tuple) else (
+            entry, f'{entry.__module__}.{entry.__qualname__}')
+        found[name] = obj
+    # numpy 1 pickles its objects under numpy.core, numpy 2 under numpy._core: a checkpoint
+    # written beside either loads beside either
+    for name, obj in list(found.items()):
+        for a, b in (('numpy._core.', 'numpy.core.'), ('numpy.core.', 'numpy._core.')):
+            if name.startswith(a):
+                found.setdefault(b + name[len(a):], obj)
+    return found
+
+
+class _AllowListUnpickler(pickle.Unpickler):
+    """An unpickler that resolves only the globals of :func:`_allowed_by_name`: a pickle
+    can then call nothing else (every callable a pickle runs is a global it names)."""
+
+    def find_class(self, module: str, name: str):
+        obj = _allowed_by_name().get(f'{module}.{name}')
+        if obj is None:
+            # worded like torch's weights_only refusal, which _load_problem reads
+            raise pickle.UnpicklingError(f'Unsupported global: GLOBAL {module}.{name}')
+        return obj
+
+
+class _allow_list_pickle:  # noqa: N801  (stands in for the ``pickle`` module)
+    """The ``pickle_module`` that torch.load uses on torch < 2.5."""
+    Unpickler = _AllowListUnpickler
+    UnpicklingError = pickle.UnpicklingError
+    __name__ = 'pale_mm_allow_list_pickle'
+
+    @staticmethod
+    def load(f, **kwargs):  # torch's legacy (< 1.6) format reads its header with load
+        return _AllowListUnpickler(f, **kwargs).load()
 
 
 # what torch.load raises for a file it cannot load: the weights_only unpickler's refusals

@@ -8,8 +8,8 @@ checked again when a newer mmengine comes out.
 ============================  ==========================  ====================================
 fix                           applies to                  upstream
 ============================  ==========================  ====================================
-safe checkpoint loading       mmengine <= 0.10.7 with     open-mmlab/mmengine#1655 (local
-                              torch >= 2.6                files); none filed (URLs)
+safe checkpoint loading       mmengine <= 0.10.7          open-mmlab/mmengine#1655 (local
+                              (any torch)                 files); none filed (URLs)
 atomic checkpoint saving      mmengine <= 0.10.7          none filed
 removal after saving          mmengine <= 0.10.7          none filed
 atomic last_checkpoint        mmengine <= 0.10.7          none filed
@@ -24,7 +24,6 @@ import os
 from typing import Callable, List, NamedTuple
 
 import mmengine
-import torch
 from mmengine.utils import digit_version
 
 from .checkpoint import atomic_save, atomic_text_file, safe_load
@@ -40,13 +39,13 @@ class Fix(NamedTuple):
 
 
 # ---------------------------------------------------------------------------------------
-# mmengine calls torch.load without weights_only; torch >= 2.6 then loads weights_only and
-# refuses mmengine's own checkpoints (open-mmlab/mmengine#1655). Local files are loaded by
-# pale_mm.checkpoint.safe_load instead: still weights_only, with an allow-list of what
+# mmengine calls torch.load without weights_only. torch < 2.6 then unpickles anything: a
+# downloaded checkpoint can run code as it loads. torch >= 2.6 loads weights_only and
+# refuses mmengine's own checkpoints (open-mmlab/mmengine#1655). On every torch, local files
+# are loaded by pale_mm.checkpoint.safe_load instead: restricted to an allow-list of what
 # mmengine, mmdet, mmseg and mmpretrain checkpoints hold.
-def _weights_only_refuses_mmengine_checkpoints() -> bool:
-    return MMENGINE <= NEWEST_CHECKED and digit_version(torch.__version__) >= digit_version(
-        '2.6.0')
+def _mmengine_loads_without_allow_list() -> bool:
+    return MMENGINE <= NEWEST_CHECKED
 
 
 def _load_local(filename, map_location):
@@ -211,7 +210,7 @@ def _count_sdpa_flops() -> None:
 
 
 FIXES: List[Fix] = [
-    Fix('safe checkpoint loading', _weights_only_refuses_mmengine_checkpoints,
+    Fix('safe checkpoint loading', _mmengine_loads_without_allow_list,
         _use_safe_loading),
     Fix('atomic checkpoint saving', lambda: MMENGINE <= NEWEST_CHECKED, _save_atomically),
     Fix('removal after saving', lambda: MMENGINE <= NEWEST_CHECKED, _remove_after_saving),

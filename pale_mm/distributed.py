@@ -1,4 +1,6 @@
-"""Distributed set-up that also works on machines without GPUs (gloo, CPU DDP)."""
+"""Distributed set-up that also works on machines without GPUs (gloo, CPU DDP), and the
+teardown at the end of a run."""
+import contextlib
 import os
 import warnings
 
@@ -53,3 +55,42 @@ def sync_bn_to_bn(node) -> int:
         for v in node:
             count += sync_bn_to_bn(v)
     return count
+
+
+@contextlib.contextmanager
+def process_group_ends_with_the_run():
+    """Destroy the default process group when the body ends, before the interpreter exits.
+
+    A process that exits with its gloo process group alive aborts at random: gloo's worker
+    threads still hold their last work (tensors that Python objects refer to) while the
+    interpreter finalizes, and destroying them then ends in ``terminate called without an
+    active exception`` (SIGABRT), after training or testing had finished; the launcher
+    then reports the whole run as failed. mmengine's Runner never destroys the group, so the
+    tools do it here, on success, on an error and on preemption.
+
+    Where all processes end together (the body returned, or the preemption exit after its
+    barrier) the group is destroyed on every backend. After an error only one process may
+    be failing while the others wait in a collective: there the group is destroyed only
+    when that is local to this process (gloo: it joins this process's own threads and
+    waits on no other process, so it cannot hang when a rank has gone); NCCL's abort of its
+    communicators must be collective and is left to the process's exit.
+    """
+    from .preemption import PREEMPTED_EXIT_CODE
+    try:
+        yield
+    except BaseException as e:
+        together = isinstance(e, SystemExit) and e.code == PREEMPTED_EXIT_CODE
+        destroy_process_group(only_if_local=not together)
+        raise
+    destroy_process_group(only_if_local=False)
+
+
+def destroy_process_group(only_if_local: bool) -> None:
+    """Destroy the default process group if one is initialised (``only_if_local``: only
+    if its backend is gloo, whose teardown waits on no other process)."""
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if only_if_local and dist.get_backend() != 'gloo':
+        return
+    dist.destroy_process_group()

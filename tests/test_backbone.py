@@ -140,6 +140,23 @@ def test_training_step_reduces_loss(tiny_arch, device):
     assert losses[-1] < 0.5 * losses[0], losses
 
 
+@pytest.mark.parametrize('memory_efficient', [True, False])
+def test_gradients_have_the_layout_of_their_parameters(tiny_arch, device, memory_efficient):
+    """DDP copies a gradient whose strides differ from its parameter's into its bucket at
+    every step and warns ("Grad strides do not match bucket view strides"); the depthwise
+    convs' weights, fed channels-last maps, used to be such parameters."""
+    torch.manual_seed(0)
+    model = PaleTransformer(tiny_arch, memory_efficient=memory_efficient)
+    model.init_weights()
+    model.to(device).train()
+    sum(o.mean() for o in model(torch.randn(2, 3, 64, 64, device=device))).backward()
+    mismatched = {name: (tuple(p.stride()), tuple(p.grad.stride()))
+                  for name, p in model.named_parameters() if p.grad.stride() != p.stride()}
+    assert mismatched == {}
+    # .to() keeps the layout (a copy to another dtype or device)
+    assert model.stages[0].blocks[0].cpe.weight.half().stride() == (9, 1, 3, 1)
+
+
 # ------------------------------------------------------------------ errors that name the fix
 @pytest.mark.parametrize('kwargs,match', [
     (dict(arch='huge'), r"unknown arch 'huge'.*\['base', 'small', 'tiny'\]"),

@@ -198,6 +198,8 @@ def _written(path, how):
 
 @pytest.mark.parametrize('how', ['legacy', 'without_crc', 'repacked_compressed'])
 def test_other_torch_files_are_whole(tmp_path, how):
+    if how == 'without_crc' and not hasattr(torch.serialization, 'set_crc32_options'):
+        pytest.skip(f'torch {torch.__version__} always writes CRC-32s (the option is 2.4+)')
     path = tmp_path / 'ckpt.pth'
     _written(path, how)
     assert checkpoint_problem(str(path), trial_load=True) is None

@@ -80,7 +80,8 @@ def test_recomputed_input_linear_matches_linear(fn, shape, bias, device):
 
 
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
-def test_recomputed_input_linear_under_autocast(dtype, device):
+def test_recomputed_input_linear_under_autocast(dtype, device, needs_autocast):
+    needs_autocast(device, dtype)
     g = torch.Generator().manual_seed(1)
     x, w1, w, b = (torch.randn(*s, generator=g).to(device).requires_grad_()
                    for s in ((4, 9, 32), (48, 32), (64, 48), (64, )))

@@ -32,6 +32,12 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    # the process group (started by the launcher's set-up) is destroyed before exit
+    with distributed.process_group_ends_with_the_run():
+        return _test(args)
+
+
+def _test(args):
     swap = None  # mmseg's --out folder, moved into place after a complete test
     try:
         cfg = config.prepare_run(args, train=False)
@@ -66,7 +72,7 @@ def main(argv=None):
             swap.discard()
         raise
     if swap is not None:
-        swap()
+        swap()  # waits for every process
     return metrics
 
 

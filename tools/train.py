@@ -9,7 +9,7 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from pale_mm import config, preemption, preflight, work_dir  # noqa: E402
+from pale_mm import config, distributed, preemption, preflight, work_dir  # noqa: E402
 from pale_mm.errors import PaleError  # noqa: E402
 from pale_mm.runner import build_runner  # noqa: E402
 
@@ -30,6 +30,12 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    # the process group (started by the launcher's set-up) is destroyed before exit
+    with distributed.process_group_ends_with_the_run():
+        return _train(args)
+
+
+def _train(args):
     try:
         cfg = config.prepare_run(args, train=True)
         preemption.enable_preemption(cfg)  # SIGTERM/SIGUSR1: save, exit 75 (docs/cluster.md)

@@ -22,6 +22,22 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 
+# torch >= 2.4 answers autocast questions per device type; older torch has one function
+# for CUDA and one for the CPU.
+if hasattr(torch, 'get_autocast_dtype'):
+    def autocast_state(device: str):
+        """(enabled, dtype) of autocast for ``device`` ('cpu', 'cuda', ...)."""
+        return torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)
+else:
+    def autocast_state(device: str):
+        """(enabled, dtype) of autocast for ``device`` ('cpu', 'cuda', ...)."""
+        if device == 'cpu':
+            return torch.is_autocast_cpu_enabled(), torch.get_autocast_cpu_dtype()
+        if device == 'cuda':
+            return torch.is_autocast_enabled(), torch.get_autocast_gpu_dtype()
+        return False, torch.float32
+
+
 def _flat(x: Tensor) -> Tensor:
     """(..., n) -> (N, n)"""
     return x.reshape(-1, x.shape[-1])
@@ -37,8 +53,7 @@ class _RecomputedInputLinear(torch.autograd.Function):
         y = F.linear(z, weight, bias)  # (..., out); autocast may run it in lower precision
         device = z.device.type
         ctx.recompute_fn = recompute_fn
-        ctx.autocast = (device, torch.is_autocast_enabled(device),
-                        torch.get_autocast_dtype(device))
+        ctx.autocast = (device, *autocast_state(device))
         ctx.compute_dtype = y.dtype
         ctx.bias_dtype = None if bias is None else bias.dtype
         ctx.save_for_backward(weight, *inputs)
@@ -52,9 +67,10 @@ class _RecomputedInputLinear(torch.autograd.Function):
         device, autocast, autocast_dtype = ctx.autocast
         leaves = [x.detach().requires_grad_(n) if x is not None else None
                   for x, n in zip(inputs, needs)]
-        # fn again, in the autocast state of the forward: the same values
-        with torch.enable_grad(), torch.autocast(device, dtype=autocast_dtype,
-                                                 enabled=autocast):
+        # fn again, in the autocast state of the forward: the same values (a dtype only
+        # where autocast was on: torch < 2.2 refuses float16 on the CPU even when disabled)
+        state = dict(enabled=True, dtype=autocast_dtype) if autocast else dict(enabled=False)
+        with torch.enable_grad(), torch.autocast(device, **state):
             z = ctx.recompute_fn(*leaves)  # (..., in)
         # the Linear's backward, in the dtype its forward product ran in
         dtype = ctx.compute_dtype

@@ -31,7 +31,7 @@ from ..errors import PaleError
 from .memory_efficient import recomputed_input_linear
 from .pale_attention import pale_attention_bands
 
-# Variants as a table (``../shared/pale_spec.md``): widths C, 2C, 4C, 8C.
+# Variants as a table (docs/model.md): widths C, 2C, 4C, 8C.
 ARCH_SETTINGS: Dict[str, Dict] = {
     'tiny': dict(embed_dims=64, depths=(2, 2, 16, 2), num_heads=(2, 4, 8, 16)),
     'small': dict(embed_dims=96, depths=(2, 2, 16, 2), num_heads=(4, 8, 16, 32)),
@@ -39,6 +39,27 @@ ARCH_SETTINGS: Dict[str, Dict] = {
 }
 ARCH_ALIASES = {'t': 'tiny', 's': 'small', 'b': 'base',
                 'pale-t': 'tiny', 'pale-s': 'small', 'pale-b': 'base'}
+
+
+def depthwise_conv3x3(channels: int, bias: bool) -> nn.Conv2d:
+    """A 3x3 depthwise conv for channels-last inputs, its weight laid out as its gradient
+    comes back.
+
+    The blocks feed their depthwise convs channels-last maps (a permuted (B, H, W, C) map),
+    and the convolution's backward then returns the (C, 1, 3, 3) weight's gradient in the
+    channels-last layout, strides (9, 1, 3, 1), while a new weight has strides (9, 9, 3, 1).
+    The two hold the same bytes (the dimension of size 1 makes them equal), so autograd
+    keeps the gradient as it is, but DDP compares strides exactly: it warned ("Grad strides
+    do not match bucket view strides") and copied every such gradient into its bucket at
+    every step. A weight in the channels-last layout from the start matches; ``.to()``,
+    ``load_state_dict`` and optimizers keep the layout.
+    """
+    conv = nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=bias)
+    # a fresh tensor: .to(memory_format=...) would keep the current strides, which already
+    # count as channels-last because of the dimension of size 1
+    weight = torch.empty_like(conv.weight, memory_format=torch.channels_last)
+    conv.weight = nn.Parameter(weight.copy_(conv.weight.detach()))
+    return conv
 
 
 class ChannelsLastNorm(nn.Module):
@@ -85,7 +106,7 @@ class SepConvProjection(nn.Module):
     def __init__(self, channels: int, bias: bool = True, memory_efficient: bool = False):
         super().__init__()
         self.memory_efficient = memory_efficient
-        self.dw = nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False)
+        self.dw = depthwise_conv3x3(channels, bias=False)
         self.bn = nn.BatchNorm2d(channels)
         self.pw = nn.Linear(channels, channels, bias=bias)
 
@@ -191,7 +212,7 @@ class PaleBlock(nn.Module):
                  memory_efficient: bool = True):
         super().__init__()
         self.with_cp = with_cp
-        self.cpe = nn.Conv2d(dims, dims, 3, padding=1, groups=dims)
+        self.cpe = depthwise_conv3x3(dims, bias=True)
         self.norm1 = ChannelsLastNorm(norm_cfg, dims)
         self.attn = PaleAttention(dims, num_heads, pale_size, qkv_bias, attn_drop, drop,
                                   memory_efficient)
