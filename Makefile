@@ -1,21 +1,48 @@
-# pale_mm: every target sets up what it needs on a new machine first (.venv, Python 3.11).
-#   make test   build the environment if needed, then run the test suite
-#   make demo   build the environment if needed, then train and evaluate a small Pale UperNet
-#               on a synthetic dataset on the CPU (pictures and mIoU in work_dirs/demo)
-#   make env    only build the environment (torch, mmcv with ops, mmdet, mmseg, mmpretrain)
+# pale_mm: every target sets up what it needs on a new machine first (Python 3.11).
+#   make test         build .venv (the newest stack) if needed, then run the whole test suite
+#   make test-quick   the same environment, the tests not marked slow (a few minutes)
+#   make test-oldest  build the two oldest stacks if needed and run in each the tests that a
+#                     version difference can break (README: "Install into your environment")
+#   make demo         build .venv if needed, then train and evaluate a small Pale UperNet on a
+#                     synthetic dataset on the CPU (pictures and mIoU in work_dirs/demo)
+#   make env          only build .venv (torch, mmcv with ops, mmdet, mmseg, mmpretrain)
+# The stacks are the files of requirements/stacks/; scripts/setup_env.sh STACK builds one.
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: env test demo clean-env
+# oldest torch (2.1, mmcv-lite, mmengine 0.7.1): the model, mixed precision, torch.compile,
+# checkpoints (safe, pretrained, resume), the registries, pip's install plan
+OLDEST_TORCH_TESTS := tests/test_env.py tests/test_attention.py tests/test_backbone.py \
+	tests/test_reference_model.py tests/test_precision.py tests/test_memory_paths.py \
+	tests/test_checkpoint.py tests/test_registry.py
+# oldest mmengine, mmdet and mmseg (0.7.1, 3.2.0, 1.2.0) on the newest torch: the tools end to
+# end (train, resume, test; one process and two), custom_imports, the mmengine fixes of
+# pale_mm.compat, the swap tool on one config
+OLDEST_OPENMMLAB_TESTS := tests/test_env.py tests/test_registry.py tests/test_seg_train.py \
+	tests/test_det_train_eval.py tests/test_distributed_exit.py tests/test_checkpoint.py \
+	tests/test_resume_after_kill.py::test_old_checkpoint_is_deleted_only_after_the_new_one_is_saved \
+	tests/test_resume_after_kill.py::test_kill_while_saving_keeps_the_previous_checkpoint \
+	'tests/test_swap_backbone.py::test_swapped_model_trains_one_step_and_predicts[mmdet::swin/retinanet_swin-t-p4-w7_fpn_1x_coco.py]'
+
+.PHONY: env test test-quick test-oldest demo clean-env
 
 env:
-	@bash scripts/setup_env.sh
+	@bash scripts/setup_env.sh newest
 
 test: env
 	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+test-quick: env
+	$(PY) -m pytest tests -m 'not slow' $(PYTEST_ARGS)
+
+test-oldest:
+	@bash scripts/setup_env.sh oldest-torch
+	.venv-oldest-torch/bin/python -m pytest $(OLDEST_TORCH_TESTS) $(PYTEST_ARGS)
+	@bash scripts/setup_env.sh oldest-openmmlab
+	.venv-oldest-openmmlab/bin/python -m pytest $(OLDEST_OPENMMLAB_TESTS) $(PYTEST_ARGS)
 
 demo: env
 	$(PY) tools/demo.py
 
 clean-env:
-	rm -rf .venv
+	rm -rf .venv .venv-oldest-torch .venv-oldest-openmmlab

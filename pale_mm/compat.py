@@ -149,9 +149,15 @@ def _removing_after(method):
 
 def _remove_after_saving() -> None:
     from mmengine.hooks import CheckpointHook
-    for name in ('_save_checkpoint_with_step', '_save_best_checkpoint'):
-        method = getattr(CheckpointHook, name, None)
-        if method is not None and not getattr(method, '_pale_deferred', False):
+
+    # the method that saves and removes: _save_checkpoint_with_step in newer mmengine (0.10.7,
+    # where _save_checkpoint calls it), _save_checkpoint itself in older ones (0.7.1)
+    saving = ('_save_checkpoint_with_step' if hasattr(CheckpointHook,
+                                                      '_save_checkpoint_with_step')
+              else '_save_checkpoint')
+    for name in (saving, '_save_best_checkpoint'):
+        method = getattr(CheckpointHook, name)
+        if not getattr(method, '_pale_deferred', False):
             setattr(CheckpointHook, name, _removing_after(method))
 
 

@@ -25,7 +25,7 @@ def device():
 @pytest.fixture
 def needs_autocast():
     """``needs_autocast(device, dtype)`` skips the test where this torch has no ``dtype``
-    autocast on ``device`` (CPU autocast took bfloat16 only before torch 2.2: it warns and
+    autocast on ``device`` (torch 2.1's CPU autocast takes bfloat16 only: it warns and
     stays off for float16)."""
     import warnings
 

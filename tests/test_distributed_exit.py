@@ -8,14 +8,12 @@ in this process); the last runs the 2-process train and test commands back to ba
 competing CPU load, as the abort showed, and reads their logs for it and for DDP's
 gradient-layout warning."""
 import contextlib
-import os
+import json
 import os.path as osp
 import subprocess
 import sys
-import time
 
 import pytest
-import torch
 import torch.distributed as dist
 from det_common import free_port, tool
 from seg_common import small_seg_options
@@ -90,7 +88,7 @@ def test_tools_destroy_the_process_group(ade, gloo_group, tmp_path):
     """tools/train.py and tools/test.py with --launcher pytorch end without a process group,
     after success and after an error the user can fix."""
     work_dir = str(tmp_path / 'work')
-    options = small_seg_options(ade, 1, 2)
+    options = small_seg_options(ade, 1, 6)
     tool('train').main([CONFIG, '--launcher', 'pytorch', '--work-dir', work_dir,
                         '--cfg-options'] + options)
     assert not dist.is_initialized()
@@ -105,43 +103,16 @@ def test_tools_destroy_the_process_group(ade, gloo_group, tmp_path):
     assert not dist.is_initialized()
 
 
-# Back-to-back 2-process train and test commands beside a competing CPU load, as the abort
-# showed (1 run in 30 before the fix; both full suite runs of the day it was filed).
-ROUNDS = 3
-
-
-def _busy_loops(n):
-    """n processes spinning on the CPU (the test ends them)."""
-    return [subprocess.Popen([sys.executable, '-c', 'while True: pass']) for _ in range(n)]
-
-
 @pytest.mark.slow
-def test_two_process_train_and_test_end_cleanly_under_load(ade, tmp_path):
-    env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS='1')
-    options = small_seg_options(ade, 2, 4) + ['train_dataloader.batch_size=2']
-    load = _busy_loops(2)
-    try:
-        for i in range(ROUNDS):
-            work_dir = tmp_path / f'round{i}'
-            commands = {
-                'train': ['bash', osp.join(ROOT, 'tools/dist_train.sh'), CONFIG, '2',
-                          '--work-dir', str(work_dir), '--cfg-options'] + options,
-                'test': ['bash', osp.join(ROOT, 'tools/dist_test.sh'), CONFIG,
-                         str(work_dir / 'iter_2.pth'), '2', '--work-dir', str(work_dir),
-                         '--cfg-options'] + options,
-            }
-            for name, cmd in commands.items():
-                start = time.monotonic()
-                proc = subprocess.run(cmd, cwd=tmp_path, env=dict(env, PORT=str(free_port())),
-                                      capture_output=True, text=True, timeout=600)
-                log = proc.stdout + proc.stderr
-                (tmp_path / f'{name}{i}.log').write_text(log)
-                where = f'round {i} {name} ({time.monotonic() - start:.0f} s), log ' \
-                        f'{tmp_path / f"{name}{i}.log"}'
-                assert 'terminate called' not in log, where
-                assert proc.returncode == 0, f'exit {proc.returncode}: {where}\n{log[-3000:]}'
-                assert 'Grad strides do not match bucket view strides' not in log, where
-    finally:
-        for p in load:
-            p.kill()
-            p.wait()
+def test_two_process_train_and_test_end_cleanly_under_load(tmp_path):
+    """3 rounds of scripts/soak_dist_exit.py: the 2-process train and test commands back to
+    back beside 2 busy processes, as the abort showed (before the fix, 1 run in 30 of the
+    demo UperNet; both full suite runs of the day it was filed). Every run exits 0, none
+    aborts, no log has DDP's gradient-layout warning."""
+    res = subprocess.run([sys.executable, osp.join(ROOT, 'scripts/soak_dist_exit.py'),
+                          '--rounds', '3', '--work-dir', str(tmp_path)],
+                         capture_output=True, text=True, timeout=1200)
+    summary = json.loads(res.stdout.strip().splitlines()[-1].split('SUMMARY ', 1)[1])
+    assert summary == dict(train=3, test=3, failures=0, aborts=0, stride_warnings=0), \
+        res.stdout[-3000:] + res.stderr[-3000:]
+    assert res.returncode == 0

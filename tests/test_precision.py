@@ -22,7 +22,7 @@ def training_step(model, x, dtype):
     """Loss and the gradients of every parameter and of the input after one step."""
     model.zero_grad(set_to_none=True)
     x = x.clone().requires_grad_()
-    # (float32: no autocast context at all; torch < 2.2 refuses float32 as its dtype)
+    # (float32: no autocast context at all; torch 2.1 refuses float32 as its dtype)
     autocast = (contextlib.nullcontext() if dtype is torch.float32 else
                 torch.autocast(x.device.type, dtype=dtype))
     with autocast:
@@ -51,6 +51,23 @@ def test_autocast_training_step(dtype, memory_efficient, device, needs_autocast)
     assert g.dtype == torch.float32 and torch.isfinite(g).all()
     err = ((g - g32).norm() / g32.norm()).item()
     assert err < GRAD_TOLERANCE[dtype], err
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_default_model_trains_a_step(dtype, device, needs_autocast):
+    """``PaleTransformer()`` as users build it (Pale-T, memory_efficient): one finite
+    training step, in float32 and under bfloat16 autocast, with a gradient for every
+    parameter."""
+    if dtype is not torch.float32:
+        needs_autocast(device, dtype)
+    torch.manual_seed(0)
+    model = PaleTransformer()
+    model.init_weights()
+    model = model.to(device).train()
+    outs, grads = training_step(model, torch.randn(2, 3, 64, 64, device=device), dtype)
+    assert [o.shape[1] for o in outs] == [64, 128, 256, 512]
+    assert torch.isfinite(grads).all()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
 
 def test_compiled_backbone_matches_eager(device):

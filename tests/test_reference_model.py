@@ -2,7 +2,7 @@
 
 The reference below takes a PaleTransformer's state_dict and recomputes its forward with
 plain torch ops and :func:`pale_attention_reference` (dense attention under the explicit
-pale mask), following ``../shared/pale_spec.md`` and ``pale_attention.py``'s docstring. It
+pale mask), following docs/model.md ("The definition") and ``pale_attention.py``'s docstring. It
 calls none of the model's modules. Map sizes are chosen so that no stage's side is a
 multiple of its pale size: the padded-and-masked definition is what the fast attention must
 reproduce there.
@@ -55,7 +55,7 @@ def sep_conv(x, p, name, train, stats):
 
 
 def block(x, p, name, heads, pale, train, stats):
-    """x += DWConv3x3(x); x += PSAttn(LN(x)); x += MLP(LN(x)) (spec: "Block")."""
+    """x += DWConv3x3(x); x += PSAttn(LN(x)); x += MLP(LN(x)) (docs/model.md: "Block")."""
     w = p[f'{name}.cpe.weight']
     x = x + F.conv2d(x.permute(0, 3, 1, 2), w, p[f'{name}.cpe.bias'], 1, 1,
                      groups=w.shape[0]).permute(0, 2, 3, 1)

@@ -9,7 +9,7 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from pale_mm import config, preflight, test_outputs  # noqa: E402
+from pale_mm import config, distributed, preflight, test_outputs  # noqa: E402
 from pale_mm.errors import LaunchError, PaleError  # noqa: E402
 from pale_mm.runner import build_runner  # noqa: E402
 

@@ -68,7 +68,7 @@ class _RecomputedInputLinear(torch.autograd.Function):
         leaves = [x.detach().requires_grad_(n) if x is not None else None
                   for x, n in zip(inputs, needs)]
         # fn again, in the autocast state of the forward: the same values (a dtype only
-        # where autocast was on: torch < 2.2 refuses float16 on the CPU even when disabled)
+        # where autocast was on: torch 2.1 refuses float16 on the CPU even when disabled)
         state = dict(enabled=True, dtype=autocast_dtype) if autocast else dict(enabled=False)
         with torch.enable_grad(), torch.autocast(device, **state):
             z = ctx.recompute_fn(*leaves)  # (..., in)
