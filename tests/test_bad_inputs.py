@@ -29,7 +29,8 @@ ADE_CONFIG = osp.join(ROOT, 'configs/upernet/pale_t_ade20k.py')
 NUM_CLASSES = 4
 
 
-pytestmark = pytest.mark.usefixtures('one_torch_thread')
+# end to end through the tools: left out of `make test-quick`
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures('one_torch_thread')]
 
 
 @pytest.fixture(scope='module')

@@ -35,7 +35,8 @@ from pale_mm.work_dir import find_resume_checkpoint
 
 CONFIG_DUMP = 'pale_t_ade20k.py'  # mmengine writes each run's config to the work dir's top
 
-pytestmark = pytest.mark.usefixtures('one_torch_thread')
+# end to end through the tools: left out of `make test-quick`
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures('one_torch_thread')]
 
 
 def _options(ade, max_iters):

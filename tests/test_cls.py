@@ -21,7 +21,8 @@ PAPER = {'t': (21.8, 4.2), 's': (48.3, 9.0), 'b': (85.4, 15.6)}
 EPOCHS = 2
 
 
-pytestmark = pytest.mark.usefixtures('one_torch_thread')
+# end to end through the tools: left out of `make test-quick`
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures('one_torch_thread')]
 
 
 def _config(variant, options=None):

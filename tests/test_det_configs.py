@@ -16,6 +16,9 @@ from pale_mm.checkpoint import safe_load
 from pale_mm.data.synthetic_coco import cli_cfg_options, mmdet_cfg_options
 from pale_mm.models import ARCH_SETTINGS, PaleTransformer
 
+# end to end through the tools: left out of `make test-quick`
+pytestmark = pytest.mark.slow
+
 VARIANTS = {'t': ('tiny', 0.2), 's': ('small', 0.3), 'b': ('base', 0.3)}
 CONFIGS = [f'pale_{v}_coco_{s}.py' for v in VARIANTS for s in ('1x', '3x')]
 SHORT_SIDES = list(range(480, 801, 32))

@@ -24,6 +24,9 @@ from det_common import (HEIGHT, LIGHT_HEADS, NO_VAL, NUM_TRAIN, NUM_VAL, ROOT, W
 
 from pale_mm.checkpoint import safe_load
 
+# end to end through the tools: left out of `make test-quick`
+pytestmark = pytest.mark.slow
+
 EPOCHS = 6  # 24 iterations: enough for a mAP above 0, so that equal mAPs mean something
 ITERS = EPOCHS * NUM_TRAIN // 2  # batch 2
 

@@ -51,6 +51,7 @@ CONFIG_GMACS = [
 ]
 
 
+@pytest.mark.slow  # traces six whole detectors/segmentors
 @pytest.mark.parametrize('config,shape,paper', CONFIG_GMACS)
 def test_get_flops_config_matches_paper(config, shape, paper):
     res = subprocess.run(

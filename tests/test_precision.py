@@ -70,6 +70,7 @@ def test_default_model_trains_a_step(dtype, device, needs_autocast):
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
 
+@pytest.mark.slow  # compiles a backbone
 def test_compiled_backbone_matches_eager(device):
     """torch.compile with the ``aot_eager`` backend: Dynamo captures the graphs and
     AOTAutograd traces forward and backward, as for the default backend, but the graphs run

@@ -16,11 +16,15 @@ import subprocess
 import sys
 import time
 
+import pytest
 from test_resume_after_kill import (ROOT, assert_same_weights, det_run, kill_tree, seg_run,
                                     train_cmd, train_env, uninterrupted)
 
 from pale_mm.checkpoint import safe_load
 from pale_mm.preemption import PREEMPTED_EXIT_CODE
+
+# end to end through the tools: left out of `make test-quick`
+pytestmark = pytest.mark.slow
 
 DRIVER = '''\
 """tools/train.py, stopped at iteration AT (counted from 1) by a signal."""

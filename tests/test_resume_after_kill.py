@@ -23,6 +23,9 @@ from seg_common import small_seg_options
 from pale_mm.checkpoint import safe_load
 from pale_mm.data.synthetic_ade import make_ade
 
+# end to end through the tools: left out of `make test-quick`
+pytestmark = pytest.mark.slow
+
 TRAIN = osp.join(ROOT, 'tools', 'train.py')
 DIST_TRAIN = osp.join(ROOT, 'tools', 'dist_train.sh')
 SEG_CONFIG = osp.join(ROOT, 'configs/upernet/pale_t_ade20k.py')

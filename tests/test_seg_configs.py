@@ -15,6 +15,9 @@ sys.path.insert(0, osp.join(ROOT, 'tools'))
 import test as test_tool  # noqa: E402
 import train as train_tool  # noqa: E402
 
+# end to end through the tools: left out of `make test-quick`
+pytestmark = pytest.mark.slow
+
 CONFIGS = {
     'tiny': ('configs/upernet/pale_t_ade20k.py', 'checkpoints/pale_t_in1k.pth', 64),
     'small': ('configs/upernet/pale_s_ade20k.py', 'checkpoints/pale_s_in1k.pth', 96),

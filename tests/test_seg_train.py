@@ -56,7 +56,8 @@ def _free_port():
         return s.getsockname()[1]
 
 
-pytestmark = pytest.mark.usefixtures('one_torch_thread')
+# end to end through the tools: left out of `make test-quick`
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures('one_torch_thread')]
 
 
 @pytest.fixture(scope='module')

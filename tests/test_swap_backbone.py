@@ -168,6 +168,7 @@ def _batch(scope, model_cfg, training):
     return dict(inputs=images, data_samples=samples)
 
 
+@pytest.mark.slow  # builds and trains nine models
 @pytest.mark.parametrize('config', list(CASES))
 def test_swapped_model_trains_one_step_and_predicts(config, one_torch_thread):
     from mmengine.registry import MODELS, init_default_scope

@@ -48,6 +48,7 @@ def _markdown_rows(text, first_header_cell):
     return rows
 
 
+@pytest.mark.slow  # benchmarks two models
 def test_benchmark_report(tmp_path, capsys):
     """A tiny run: the JSON holds what the table printed, every number is finite and
     positive, the ratios are those of the numbers, and the attention kernels and operator
@@ -168,6 +169,7 @@ def _gpu_check(*args, tmp_path):
                           cwd=tmp_path, env=env, capture_output=True, text=True)
 
 
+@pytest.mark.slow  # the GPU check script on the CPU
 def test_gpu_check_on_cpu(tmp_path):
     """tools/gpu_check.sh --device cpu: the environment, the model tests with
     PALE_TEST_DEVICE set (here one test, to stay fast), and the bfloat16 benchmark at a tiny
@@ -257,6 +259,7 @@ def test_demo_refuses_fewer_iterations_than_its_warm_up(tmp_path, capsys):
     assert not (tmp_path / 'data').exists()  # refused before anything is written
 
 
+@pytest.mark.slow  # the whole demo
 def test_demo_learns_and_draws(tmp_path, capsys):
     """`make demo` in small: the model beats a constant prediction by far, pictures exist."""
     import demo

@@ -19,6 +19,9 @@ from det_common import (LIGHT_HEADS, NO_VAL, ROOT, coco_data, data_options, logg
                         torch_threads_env, write_small_config)
 from pale_mm.data.synthetic_ade import ade_cfg_options, format_cfg_options, make_ade
 
+# end to end through the tools: left out of `make test-quick`
+pytestmark = pytest.mark.slow
+
 # Runs in the child: the library's scripts as __main__ (argv as on the command line), then
 # its inferencer on the config with the given overrides; prints what it found as json.
 DRIVER = r'''
