@@ -2,8 +2,10 @@
 
 mmdet's and mmseg's ``LearningRateDecayOptimizerConstructor`` know ConvNeXt, BEiT and MAE
 only (any other backbone raises ``NotImplementedError``). This constructor takes the same
-options and gives every parameter of a :class:`~pale_mm.models.PaleTransformer` a layer id
-from its place in the network:
+options and gives every parameter of a :class:`~pale_mm.models.PaleTransformer` the layer id
+of the model's own map (:meth:`~pale_mm.models.PaleTransformer.layer_ids`, built from its
+modules; mmpretrain's ``LearningRateDecayOptimWrapperConstructor`` reads the same map through
+``PaleTransformer.get_layer_depth``):
 
 ======================  ==========================  ====================================
 parameter               ``layer_wise``              ``stage_wise``
@@ -35,8 +37,6 @@ Example::
         optimizer=dict(type='AdamW', lr=1e-4, weight_decay=0.05),
         paramwise_cfg=dict(decay_rate=0.9, decay_type='layer_wise'))
 """
-import math
-import re
 from typing import Dict, List, Optional
 
 import torch.nn as nn
@@ -90,26 +90,16 @@ class PaleLayerIds:
                 f'than the {self.num_blocks} blocks of this backbone; use at most '
                 f'{self.num_blocks} (or leave it out: one layer id per block)')
         self.top = self.num_layers + 1
-
-    def _block_id(self, stage: int, block: int) -> int:
-        if self.decay_type == 'stage_wise':
-            return stage + 1
-        k = sum(self.depths[:stage]) + block + 1  # 1..num_blocks in depth order
-        return math.ceil(k * self.num_layers / self.num_blocks)
+        self.ids = backbone.layer_ids(decay_type, self.num_layers)  # the model's own map
 
     def __call__(self, name: str) -> int:
         """Layer id of the backbone parameter ``name`` (without ``backbone.``)."""
-        if name.startswith('stem.'):
-            return 0
-        m = re.match(r'stages\.(\d+)\.(?:downsample\.|blocks\.(\d+)\.)', name)
-        if m:
-            return self._block_id(int(m.group(1)), int(m.group(2) or 0))
-        if re.match(r'norm\d+\.', name):
-            return self.top
-        raise LayerDecayConfigError(
-            f'PaleLayerDecayOptimizerConstructor: no layer id for the backbone parameter '
-            f'{name!r} (expected stem.*, stages.<i>.downsample.*, stages.<i>.blocks.<j>.*, '
-            'norm<i>.*); the backbone is not the PaleTransformer this constructor knows')
+        if name not in self.ids:
+            raise LayerDecayConfigError(
+                f'PaleLayerDecayOptimizerConstructor: no layer id for the backbone parameter '
+                f'{name!r}; the backbone\'s layer map (PaleTransformer.layer_ids) does not '
+                'hold it')
+        return self.ids[name]
 
     def lr_scale(self, layer_id: int, decay_rate: float) -> float:
         return decay_rate ** (self.top - layer_id)
@@ -174,8 +164,7 @@ class PaleLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
             groups[key]['params'].append(param)
         params.extend(groups[k] for k in sorted(groups))
         rate, top = cfg['decay_rate'], layer_ids.top
-        last = layer_ids(f'stages.{len(layer_ids.depths) - 1}.blocks.'
-                         f'{layer_ids.depths[-1] - 1}.')
+        last = max(i for i in layer_ids.ids.values() if i < top)
         print_log(
             f'PaleLayerDecayOptimizerConstructor: {cfg["decay_type"]}, decay_rate {rate}, '
             f'num_layers {layer_ids.num_layers}: lr x{rate}^{top} at the stem, '

@@ -117,10 +117,38 @@ def test_layer_wise_default_gives_each_block_its_own_id(tiny_arch):
 def test_fewer_layer_ids_spread_blocks_evenly(tiny_arch):
     ids = PaleLayerIds(PaleTransformer(dict(embed_dims=16, depths=(2, 2, 6, 2),
                                             num_heads=(2, 2, 4, 4))), 'layer_wise', 3)
-    order = [ids(f'stages.{i}.blocks.{j}.') for i, d in enumerate((2, 2, 6, 2))
+    order = [ids(f'stages.{i}.blocks.{j}.cpe.weight') for i, d in enumerate((2, 2, 6, 2))
              for j in range(d)]
     assert order == [1] * 4 + [2] * 4 + [3] * 4
     assert ids('stem.proj.weight') == 0 and ids('norm3.norm.weight') == 4
+    assert ids('stages.2.downsample.proj.weight') == ids('stages.2.blocks.0.cpe.weight')
+
+
+def test_mmpretrain_layer_decay_constructor_reads_the_models_map(tiny_arch):
+    """mmpretrain's own LearningRateDecayOptimWrapperConstructor, with nothing Pale-specific
+    in the config, gives every parameter of a Pale classifier the lr that Pale's
+    constructor gives it (through PaleTransformer.get_layer_depth)."""
+    from mmengine.registry import DefaultScope
+    from mmpretrain.registry import MODELS
+    classifier = dict(type='ImageClassifier',
+                      backbone=dict(type='PaleTransformer', arch=tiny_arch, out_indices=(3, )),
+                      neck=dict(type='GlobalAveragePooling'),
+                      head=dict(type='LinearClsHead', num_classes=10, in_channels=128))
+    optimizer = dict(type='AdamW', lr=1e-3, weight_decay=0.05)
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        model = MODELS.build(classifier)
+        theirs = optimizer_settings_of_each_parameter(model, dict(
+            constructor='LearningRateDecayOptimWrapperConstructor', optimizer=optimizer,
+            paramwise_cfg=dict(layer_decay_rate=0.5)))
+        ours = optimizer_settings_of_each_parameter(model, dict(
+            constructor='PaleLayerDecayOptimizerConstructor', optimizer=optimizer,
+            paramwise_cfg=dict(decay_rate=0.5)))
+    assert set(theirs) == set(ours) == {n for n, _ in model.named_parameters()}
+    for name in ours:
+        assert math.isclose(theirs[name]['lr'], ours[name]['lr']), name
+    blocks = sum(tiny_arch['depths'])
+    assert math.isclose(theirs['backbone.stem.proj.weight']['lr'], 1e-3 * 0.5 ** (blocks + 1))
+    assert math.isclose(theirs['head.fc.weight']['lr'], 1e-3)
 
 
 @pytest.mark.parametrize('paramwise, match', [

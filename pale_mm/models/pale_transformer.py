@@ -14,6 +14,7 @@ depthwise conv and BatchNorm; the scatter of the attention's groups), training k
 ops' input rather than their output and recomputes them in the backward
 (:mod:`pale_mm.models.memory_efficient`): a block keeps about 13 C per token instead of 24 C.
 """
+import math
 from typing import Dict, Optional, Sequence, Union
 
 import torch
@@ -479,6 +480,50 @@ class PaleTransformer(BaseModule):
                 if isinstance(m, _BatchNorm):
                     m.eval()
         return self
+
+    # ------------------------------------------------------------------ layer map
+    def layer_ids(self, decay_type: str = 'layer_wise',
+                  num_layers: Optional[int] = None) -> Dict[str, int]:
+        """{parameter name: layer id} for layer-wise learning-rate decay, from the model's
+        structure: 0 for the stem; 1..``num_layers`` for the blocks (``'layer_wise'``: in
+        depth order, spread evenly over ``num_layers`` ids, by default one per block;
+        ``'stage_wise'``: stage i's blocks get i + 1, ``num_layers`` defaults to the number
+        of stages); a downsampling goes with the first block of its stage; the output norms
+        get ``num_layers + 1``, the id of the neck and heads (an ImageNet checkpoint holds
+        none of them but the last)."""
+        depths = [len(stage.blocks) for stage in self.stages]
+        total = sum(depths)
+        n = num_layers or (total if decay_type == 'layer_wise' else len(depths))
+        ids = {f'stem.{name}': 0 for name, _ in self.stem.named_parameters()}
+        k = 0  # blocks so far, in depth order
+        for i, stage in enumerate(self.stages):
+            first = None
+            for j, block in enumerate(stage.blocks):
+                k += 1
+                layer = i + 1 if decay_type == 'stage_wise' else math.ceil(k * n / total)
+                first = layer if first is None else first
+                ids.update({f'stages.{i}.blocks.{j}.{name}': layer
+                            for name, _ in block.named_parameters()})
+            if stage.downsample is not None:
+                ids.update({f'stages.{i}.downsample.{name}': first or i + 1
+                            for name, _ in stage.downsample.named_parameters()})
+        for i in self.out_indices:
+            ids.update({f'norm{i}.{name}': n + 1
+                        for name, _ in getattr(self, f'norm{i}').named_parameters()})
+        return ids
+
+    def get_layer_depth(self, param_name: str, prefix: str = ''):
+        """(layer id, number of ids) of a parameter, as mmpretrain's
+        ``LearningRateDecayOptimWrapperConstructor`` asks its backbone (through
+        ``ImageClassifier.get_layer_depth`` with ``prefix='backbone.'``); that constructor
+        scales the lr by ``layer_decay_rate ** (number - id - 1)``. The ids are
+        :meth:`layer_ids` (one per block); names outside the backbone (neck, heads) get the
+        top id, at the base lr."""
+        if getattr(self, '_layer_depths', None) is None:
+            self._layer_depths = self.layer_ids()
+        top = sum(len(stage.blocks) for stage in self.stages) + 1
+        name = param_name[len(prefix):] if param_name.startswith(prefix) else None
+        return self._layer_depths.get(name, top), top + 1
 
     # ------------------------------------------------------------------ weights
     def init_weights(self) -> None:
