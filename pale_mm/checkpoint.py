@@ -614,6 +614,8 @@ class CheckpointDownloadError(PaleError, OSError):
 
 
 def is_url(filename) -> bool:
+    """Whether ``filename`` names a URL or a file of a remote backend (``scheme://...``)
+    rather than a local path: the one test pale_mm uses for that."""
     return '://' in str(filename)
 
 

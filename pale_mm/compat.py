@@ -26,7 +26,7 @@ from typing import Callable, List, NamedTuple
 import mmengine
 from mmengine.utils import digit_version
 
-from .checkpoint import atomic_save, atomic_text_file, safe_load
+from .checkpoint import atomic_save, atomic_text_file, is_url, safe_load
 
 MMENGINE = digit_version(mmengine.__version__)
 NEWEST_CHECKED = digit_version('0.10.7')
@@ -84,7 +84,7 @@ def _use_safe_loading() -> None:
 def _atomic(original):
     @functools.wraps(original)
     def save_checkpoint(checkpoint, filename, file_client_args=None, backend_args=None):
-        local = isinstance(filename, str) and '://' not in filename
+        local = isinstance(filename, str) and not is_url(filename)
         if local and file_client_args is None and backend_args is None:
             atomic_save(checkpoint, filename)
         else:

@@ -3,6 +3,7 @@ failing at once with a message that names the path, the config key and the fix."
 import os.path as osp
 import warnings
 
+from .checkpoint import is_url
 from .errors import LaunchError, PaleError
 
 LAYOUT_HINTS = {
@@ -25,10 +26,6 @@ def _innermost_datasets(dataset_cfg):
         yield dataset_cfg
 
 
-def is_remote(path: str) -> bool:
-    return '://' in str(path)
-
-
 def check_datasets(cfg, loaders) -> None:
     """Fail at once, naming the missing path, the expected layout and the option to change,
     or what is wrong inside the annotation files (:mod:`pale_mm.data.checks`)."""
@@ -39,7 +36,7 @@ def check_datasets(cfg, loaders) -> None:
             continue
         for ds in _innermost_datasets(loader_cfg['dataset']):
             root = ds.get('data_root') or ''
-            if is_remote(root):
+            if is_url(root):
                 continue
             paths = []
             if root:
@@ -54,7 +51,7 @@ def check_datasets(cfg, loaders) -> None:
                 # mmpretrain's ImageNet: split='train' reads the images under data_root/train
                 paths.append(('split', osp.join(root, ds['split'])))
             for key, sub in prefix.items():
-                if sub and isinstance(sub, str) and not is_remote(sub):
+                if sub and isinstance(sub, str) and not is_url(sub):
                     paths.append(('data_prefix' + (f'.{key}' if key else ''),
                                   sub if osp.isabs(sub) else osp.join(root, sub)))
             for key, path in paths:
@@ -76,7 +73,7 @@ def check_datasets(cfg, loaders) -> None:
         evaluators = cfg.get(evaluator_key) or []
         for i, ev in enumerate(evaluators if isinstance(evaluators, list) else [evaluators]):
             ann = ev.get('ann_file') if isinstance(ev, dict) else None
-            if ann and not is_remote(ann) and not osp.exists(ann):
+            if ann and not is_url(ann) and not osp.exists(ann):
                 key = evaluator_key + (f'.{i}' if isinstance(evaluators, list) else '')
                 raise LaunchError(
                     f'annotation file not found: {ann} ({key}.ann_file, read by the '
@@ -105,7 +102,7 @@ def check_pretrained(cfg, resuming: bool) -> None:
     """
     from .checkpoint import resolve_checkpoint_url
     for key, path in list(_pretrained_checkpoints(cfg.model)):
-        if is_remote(path):  # a URL: its scheme and model-zoo name, without the network
+        if is_url(path):  # a URL: its scheme and model-zoo name, without the network
             try:
                 resolve_checkpoint_url(path)
             except PaleError as e:
@@ -138,7 +135,7 @@ def check_file(path: str, what: str) -> None:
     directory...: :func:`pale_mm.checkpoint.check_checkpoint_file`) before anything is built;
     a trial load with the tensors mapped from the file, not read, costs little."""
     from .checkpoint import check_checkpoint_file
-    if is_remote(path):
+    if is_url(path):
         return
     if not osp.exists(path):
         raise LaunchError(f'{what} not found: {path}')

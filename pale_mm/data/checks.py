@@ -19,6 +19,7 @@ import os
 import os.path as osp
 from typing import Dict, Iterable, List, Optional
 
+from ..checkpoint import is_url
 from ..errors import PaleError
 
 SHOW = 5  # how many offending files a message lists
@@ -159,7 +160,7 @@ def check_list_dataset(ds: Dict, where: str) -> None:
 def check_dataset_files(ds: Dict, where: str, scope: str) -> None:
     """The pre-run checks for one (innermost) dataset config (see the module docstring)."""
     ann = ds.get('ann_file') or ''
-    if '://' in str(ds.get('data_root') or '') + str(ann):
+    if is_url(ds.get('data_root') or '') or is_url(ann):
         return
     if scope == 'mmdet' and str(ann).endswith('.json'):
         check_coco_dataset(ds, where)
@@ -197,7 +198,7 @@ def describe_sample_failure(info: Dict, error: BaseException) -> str:
     files = [('image', info.get('img_path'), False),
              ('label map', info.get('seg_map_path'), True)]
     for what, path, unchanged in files:
-        if not path or not isinstance(path, str) or '://' in path:
+        if not path or not isinstance(path, str) or is_url(path):
             continue
         if not osp.exists(path):
             return (f'{what} {path} is missing on disk (the dataset lists it). Restore it, or '
