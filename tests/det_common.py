@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 import os.path as osp
+import re
 import socket
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -95,21 +96,41 @@ def free_port():
 
 
 def train_losses(work_dir):
-    """Per-iteration 'loss' values logged by mmengine (vis_data/scalars.json)."""
+    """Per-iteration 'loss' values logged by mmengine (vis_data/scalars.json), as
+    (iteration, loss): the 'step' of each row (every mmengine version writes it)."""
     files = glob.glob(osp.join(str(work_dir), '*', 'vis_data', 'scalars.json'))
     assert len(files) == 1, files
     with open(files[0]) as f:
         rows = [json.loads(line) for line in f if line.strip()]
-    return [(r['iter'], r['loss']) for r in rows if 'loss' in r]
+    return [(r['step'], r['loss']) for r in rows if 'loss' in r]
+
+
+_EVAL_LINE = re.compile(r'\((val|test)\) \[(\d+)/\2\]\s+(?!.*\beta: )(.*)$')
+_NOT_METRICS = ('data_time', 'time', 'memory')
+
+
+def logged_metrics(work_dir, mode):
+    """The metrics of each evaluation (``mode`` 'val' or 'test') of the newest run in
+    ``work_dir``, from its text log (<timestamp>/<timestamp>.log), where every mmengine
+    version prints them (``Iter(val) [5/5]  aAcc: ...  mIoU: ...``); mmengine 0.7.1 leaves
+    them out of its json logs."""
+    logs = sorted(glob.glob(osp.join(str(work_dir), '*', '*.log')))
+    assert logs, f'no log under {work_dir}'
+    found = []
+    with open(logs[-1]) as f:
+        for line in f:
+            m = _EVAL_LINE.search(line.rstrip())
+            if m and m.group(1) == mode:
+                pairs = re.findall(r'([\w/.\-]+): (-?[\d.]+(?:e[-+]?\d+)?)', m.group(3))
+                found.append({k: float(v) for k, v in pairs if k not in _NOT_METRICS})
+    return found
 
 
 def logged_test_metrics(work_dir):
-    """The metrics tools/test.py logged as <work_dir>/<timestamp>/<timestamp>.json."""
-    files = [p for p in glob.glob(osp.join(str(work_dir), '*', '*.json'))
-             if osp.basename(p)[:-5] == osp.basename(osp.dirname(p))]
-    assert len(files) == 1, files
-    with open(files[0]) as f:
-        return json.load(f)
+    """The metrics tools/test.py logged (the last test evaluation of the newest run)."""
+    found = logged_metrics(work_dir, 'test')
+    assert found, f'no test metrics in the log under {work_dir}'
+    return found[-1]
 
 
 def torch_threads_env(n=1):

@@ -21,6 +21,7 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, osp.join(ROOT, 'tools'))
 import test as test_tool  # noqa: E402
 import train as train_tool  # noqa: E402
+from det_common import logged_metrics  # noqa: E402
 from seg_common import own_visualizer, small_seg_options  # noqa: E402
 
 CONFIG = osp.join(ROOT, 'configs/upernet/pale_t_ade20k.py')
@@ -39,13 +40,6 @@ def _scalars(work_dir):
     """Every line mmengine logged to the newest run's vis_data/scalars.json."""
     files = sorted(glob.glob(osp.join(work_dir, '*', 'vis_data', 'scalars.json')))
     assert files, f'no scalars.json under {work_dir}'
-    with open(files[-1]) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def _last_json_log(work_dir):
-    files = sorted(glob.glob(osp.join(work_dir, '*', '*.json')))
-    assert files, f'no json log under {work_dir}'
     with open(files[-1]) as f:
         return [json.loads(line) for line in f if line.strip()]
 
@@ -80,7 +74,7 @@ def trained(ade, tmp_path_factory):
 
 def test_training_learns(ade, trained):
     train_logs = [s for s in trained['scalars'] if 'loss' in s]
-    val_logs = [s for s in trained['scalars'] if 'mIoU' in s]
+    val_logs = logged_metrics(trained['work_dir'], 'val')
     assert [s['step'] for s in train_logs] == list(range(1, ITERS + 1))
     losses = [s['loss'] for s in train_logs]
     assert all(np.isfinite(losses))
@@ -88,7 +82,7 @@ def test_training_learns(ade, trained):
     print(f'loss first/last 5 mean: {first:.3f} -> {last:.3f}; val mIoU '
           f'{val_logs[-1]["mIoU"]:.2f} (constant prediction {ade["constant_miou"]:.2f})')
     assert last < 0.85 * first
-    assert len(val_logs) == 1 and val_logs[0]['step'] == ITERS
+    assert len(val_logs) == 1  # once, after the last iteration (val_interval = ITERS)
     # far above predicting the background everywhere
     assert val_logs[0]['mIoU'] > ade['constant_miou'] + 10
     assert osp.isfile(trained['ckpt'])
@@ -124,7 +118,7 @@ def test_resume(ade, trained, tmp_path):
     lrs = [s['lr'] for s in _scalars(work_dir) if 'loss' in s]
     assert lrs[0] == pytest.approx(toy.param_groups[0]['lr'], rel=1e-6)
     assert 0 < lrs[0] < 4e-3 / 2 and lrs[-1] == pytest.approx(0, abs=1e-12)  # schedule's end
-    val = [s for s in _scalars(work_dir) if 'mIoU' in s]
+    val = logged_metrics(work_dir, 'val')
     assert len(val) == 1 and val[0]['mIoU'] > ade['constant_miou'] + 10
 
 
@@ -166,7 +160,7 @@ def test_dist_test_matches_single_process(ade, trained, single_test, tmp_path):
     assert 'Distributed launcher: pytorch' in log and 'Distributed training: True' in log
     assert 'GPU number: 2' in log  # mmengine's name for the world size
     assert 'SyncBN layers of the model become BN' in log  # no GPU: DDP refuses SyncBN
-    dist_metrics = [s for s in _last_json_log(str(dist_work)) if 'mIoU' in s][-1]
+    dist_metrics = logged_metrics(dist_work, 'test')[-1]
     single = single_test['metrics']
     print(f'mIoU single {single["mIoU"]} / 2 processes {dist_metrics["mIoU"]}')
     for key in ('aAcc', 'mIoU', 'mAcc'):
