@@ -9,7 +9,7 @@ def check_mmcv() -> None:
     """Raise ImportError naming the fix unless mmcv (or mmcv-lite) is in :data:`MMCV_RANGE`."""
     low, high = MMCV_RANGE
     fix = (f'install it for your torch with `mim install "mmcv>={low},<{high}"` (or mmcv-lite '
-           'of that range, without compiled ops: enough for the backbone and segmentation)')
+           'of that range, without compiled ops: enough for the backbone alone)')
     try:
         import mmcv
     except ImportError:
