@@ -80,9 +80,33 @@ def process_group_ends_with_the_run():
         yield
     except BaseException as e:
         together = isinstance(e, SystemExit) and e.code == PREEMPTED_EXIT_CODE
+        if together:
+            _flush_gloo_workers()
         destroy_process_group(only_if_local=not together)
         raise
+    _flush_gloo_workers()
     destroy_process_group(only_if_local=False)
+
+
+# ProcessGroupGloo's default number of worker threads (torch 2.1 to 2.14)
+GLOO_WORKER_THREADS = 2
+
+
+def _flush_gloo_workers() -> None:
+    """Make tensor-free barriers the last work each gloo worker thread holds.
+
+    A worker thread keeps its last work item (with the tensors of that collective, which
+    Python objects refer to) until it wakes for the next one. Once DDP has been built the group
+    is still referenced after ``destroy_process_group`` (measured on torch 2.14:
+    scripts/gloo_threads_after_teardown.py) and is torn down during interpreter
+    finalization, which wakes the workers: freeing those tensors then needs the GIL of a
+    finalizing interpreter, and the process aborts. Barriers hold no tensors. Only where all
+    processes end together (a barrier waits for every rank)."""
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_backend() != 'gloo':
+        return
+    for _ in range(GLOO_WORKER_THREADS):
+        dist.barrier()
 
 
 def destroy_process_group(only_if_local: bool) -> None:
