@@ -103,18 +103,23 @@ def _flush_gloo_workers() -> None:
     finalizing interpreter, and the process aborts. Barriers hold no tensors. Only where all
     processes end together (a barrier waits for every rank)."""
     import torch.distributed as dist
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_backend() != 'gloo':
-        return
-    for _ in range(GLOO_WORKER_THREADS):
-        dist.barrier()
+    if _default_backend() == 'gloo':
+        for _ in range(GLOO_WORKER_THREADS):
+            dist.barrier()
 
 
 def destroy_process_group(only_if_local: bool) -> None:
     """Destroy the default process group if one is initialised (``only_if_local``: only
     if its backend is gloo, whose teardown waits on no other process)."""
     import torch.distributed as dist
+    backend = _default_backend()
+    if backend is not None and (backend == 'gloo' or not only_if_local):
+        dist.destroy_process_group()
+
+
+def _default_backend():
+    """The default process group's backend, or None where there is none."""
+    import torch.distributed as dist
     if not (dist.is_available() and dist.is_initialized()):
-        return
-    if only_if_local and dist.get_backend() != 'gloo':
-        return
-    dist.destroy_process_group()
+        return None
+    return dist.get_backend()

@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import os.path as osp
-import socket
 import subprocess
 import sys
 import time
@@ -27,12 +26,6 @@ ABORT_MARKS = ('terminate called', 'Signals.SIGABRT', 'exitcode  : -6')
 STRIDE_WARNING = 'Grad strides do not match bucket view strides'
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--rounds', type=int, default=20)
@@ -41,8 +34,10 @@ def main(argv=None):
     parser.add_argument('--root', default=HERE, help='the checkout whose tools run')
     args = parser.parse_args(argv)
 
-    from pale_mm.data.synthetic_ade import make_ade
+    from det_common import free_port
     from seg_common import small_seg_options
+
+    from pale_mm.data.synthetic_ade import make_ade
     os.makedirs(args.work_dir, exist_ok=True)
     ade = make_ade(osp.join(args.work_dir, 'ade'), num_train=8, num_val=3, image_size=(64, 64),
                    seed=0, num_classes=5)
