@@ -105,7 +105,7 @@ def test_only_what_needs_a_gradient_gets_one(device):
 
 
 # ------------------------------------------------------------------ the modules
-@pytest.mark.parametrize('mode', ['train', 'eval', 'momentum_none', 'frozen_bn',
+@pytest.mark.parametrize('mode', ['train', 'norm_eval', 'momentum_none', 'frozen_bn',
                                   'frozen_dw'])
 def test_sepconv_projection_matches_plain(mode, device):
     torch.manual_seed(0)
@@ -123,7 +123,9 @@ def test_sepconv_projection_matches_plain(mode, device):
     for m in (lean, plain):
         if frozen is not None:  # only some inputs of the Function need gradients
             getattr(m, frozen).requires_grad_(False)
-        m.to(device).train(mode != 'eval')
+        m.to(device).train()
+        if mode == 'norm_eval':  # a training step with frozen statistics (norm_eval=True)
+            m.bn.eval()
     x = torch.randn(2, 11, 9, 16, device=device).permute(0, 3, 1, 2).requires_grad_()
 
     out_lean, out_plain = lean(x), plain(x)
@@ -131,7 +133,7 @@ def test_sepconv_projection_matches_plain(mode, device):
     params = lambda m: [x] + [p for p in m.parameters() if p.requires_grad]  # noqa: E731
     assert_same(grads_of(out_lean, params(lean)), grads_of(out_plain, params(plain)),
                 atol=1e-5, rtol=1e-5)
-    # running statistics moved once, as the plain BatchNorm's did (or not at all in eval)
+    # running statistics moved once, as the plain BatchNorm's did (or not at all: norm_eval)
     for (name, a), (_, b) in zip(lean.bn.named_buffers(), plain.bn.named_buffers()):
         assert torch.equal(a, b), name
 
@@ -239,3 +241,17 @@ def test_gather_scatter_are_inverse_and_adjoint(H, W, pale, device):
     ys = [torch.randn_like(b) for b in bands]
     lhs = sum((b * y).sum() for b, y in zip(bands, ys))
     torch.testing.assert_close(lhs, (x * layout.scatter(*ys)).sum())
+
+
+def test_eval_mode_runs_the_plain_modules(device):
+    """In eval mode (inference; the ONNX exporters trace in eval mode and cannot trace an
+    autograd Function) a memory-efficient block keeps what the plain block keeps, even with
+    autograd on."""
+    lean, plain = lean_and_plain(PaleBlock, 32, 4)
+    lean, plain = lean.to(device).eval(), plain.to(device).eval()
+    x = torch.randn(1, 9, 12, 32, device=device, requires_grad=True)
+    (out_lean, kept_lean), (out_plain, kept_plain) = saved_bytes(lean, x), saved_bytes(plain, x)
+    assert kept_lean == kept_plain
+    torch.testing.assert_close(out_lean, out_plain, atol=0, rtol=0)
+    # and in train mode it keeps less: the switch is the mode
+    assert saved_bytes(lean.train(), x)[1] < saved_bytes(plain.train(), x)[1]

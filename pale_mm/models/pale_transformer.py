@@ -63,6 +63,14 @@ def depthwise_conv3x3(channels: int, bias: bool) -> nn.Conv2d:
     return conv
 
 
+def training_step(module: nn.Module) -> bool:
+    """Whether ``module`` runs in a training step that will call a backward: train mode with
+    autograd on. Only there do the memory-efficient paths run; in eval mode (inference, the
+    ONNX exporters, which trace in eval mode and cannot trace an autograd Function) every
+    module runs its plain forward."""
+    return module.training and torch.is_grad_enabled()
+
+
 class ChannelsLastNorm(nn.Module):
     """A norm layer from ``norm_cfg`` applied to (B, H, W, C) maps (LN over C)."""
 
@@ -129,7 +137,7 @@ class SepConvProjection(nn.Module):
         dw, bn, pw = self.dw, self.bn, self.pw
         # the recompute is written for BatchNorm2d (not, e.g., a SyncBatchNorm after
         # conversion) and for the (only) configuration built here: no conv bias
-        if not (self.memory_efficient and torch.is_grad_enabled()
+        if not (self.memory_efficient and training_step(self)
                 and type(bn) is nn.BatchNorm2d and dw.bias is None):
             return pw(self._dw_bn(x))
         use_running = not bn.training and bn.running_mean is not None
@@ -165,7 +173,7 @@ class PaleAttention(nn.Module):
         # the attention's output in groups; layout.scatter(*bands) is (B, H, W, C)
         bands, layout = pale_attention_bands(q, k, v, self.pale_size, self.num_heads,
                                              self.attn_drop if self.training else 0.)
-        if self.memory_efficient and torch.is_grad_enabled():
+        if self.memory_efficient and training_step(self):
             x = recomputed_input_linear(layout.scatter, bands, self.proj.weight, self.proj.bias)
         else:
             x = self.proj(layout.scatter(*bands))
@@ -192,8 +200,7 @@ class Mlp(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.fc1(x)  # (..., hidden)
-        if self.recompute_act and torch.is_grad_enabled() and not (
-                self.training and self.drop.p > 0):
+        if self.recompute_act and training_step(self) and not self.drop.p > 0:
             x = recomputed_input_linear(self.act, (x, ), self.fc2.weight, self.fc2.bias)
         else:
             x = self.fc2(self.drop(self.act(x)))
