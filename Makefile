@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 # mmcv's compiled ops: the registries are tested on the other stack)
 OLDEST_TORCH_TESTS := tests/test_env.py tests/test_attention.py tests/test_backbone.py \
 	tests/test_reference_model.py tests/test_precision.py tests/test_memory_paths.py \
-	tests/test_checkpoint.py
+	tests/test_checkpoint.py tests/test_deploy_backbone.py
 # oldest mmengine, mmdet and mmseg (0.7.1, 3.2.0, 1.2.1) on the newest torch: the tools end to
 # end (train, resume, test; one process and two), custom_imports, the mmengine fixes of
 # pale_mm.compat, the swap tool on one config

@@ -34,6 +34,7 @@ setup(
     install_requires=read_requirements('runtime.txt'),
     extras_require=dict(
         cls=read_requirements('classification.txt'),  # configs/imagenet
+        deploy=read_requirements('deploy.txt'),  # tools/export_onnx.py, ONNX Runtime
         mim=read_requirements('mminstall.txt'),  # mmcv, as OpenMMLab projects declare it
         tests=read_requirements('tests.txt'),
     ),

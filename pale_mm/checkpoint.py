@@ -9,12 +9,8 @@ mmengine, mmdet, mmseg and mmpretrain checkpoints hold (:data:`ALLOWED_GLOBALS`)
 :mod:`pale_mm.compat` makes mmengine's local-file loader (used for ``init_cfg`` Pretrained,
 ``load_from`` and ``--resume``) go through it where the installed versions need it.
 
-Saving is made atomic (:func:`atomic_save`, used by :mod:`pale_mm.compat` for mmengine's
-saves): a checkpoint is written into a temporary file beside its destination and renamed
-over it only once complete, so a process killed while saving leaves the previous checkpoints
-as they were, never a truncated file that ``--resume`` would pick up; a save that fails
-(disk full) raises :class:`CheckpointWriteError` naming the folder, with the earlier files
-unchanged.
+Saving is atomic (:func:`pale_mm.fileio.atomic_save`, used by :mod:`pale_mm.compat` for
+mmengine's saves).
 
 Every local checkpoint is checked whole before it is loaded (:func:`checkpoint_problem`:
 cut short, damaged bytes by the CRC-32 of every record, no checkpoint at all), and
@@ -24,11 +20,8 @@ one-line :class:`~pale_mm.errors.PaleError` naming the file and what is wrong.
 import codecs
 import contextlib
 import difflib
-import errno
 import functools
-import glob
 import hashlib
-import io
 import os
 import os.path as osp
 import pickle
@@ -36,7 +29,6 @@ import re
 import stat
 import struct
 import urllib.parse
-import uuid
 import zipfile
 import zlib
 from collections import OrderedDict
@@ -49,6 +41,9 @@ from mmengine.logging import print_log
 from mmengine.registry import HOOKS
 
 from .errors import PaleError
+# atomic writing lives in pale_mm.fileio; its names stay importable from here
+from .fileio import (TMP_SUFFIX, CheckpointWriteError, atomic_save,  # noqa: F401
+                     atomic_text_file, atomic_write, remove_stale_tmp_files, tmp_path_beside)
 
 
 class UnsafeCheckpointError(PaleError, pickle.UnpicklingError):
@@ -62,11 +57,6 @@ class CheckpointMismatchError(PaleError, ValueError):
 class BrokenCheckpointError(PaleError):
     """A checkpoint file is cut short, damaged or no checkpoint at all; nothing of it was
     loaded."""
-
-
-class CheckpointWriteError(PaleError):
-    """A checkpoint could not be written (disk full, I/O error); the files that were there
-    before are unchanged."""
 
 
 def _numpy_globals() -> List:
@@ -376,110 +366,6 @@ def check_checkpoint_file(path: str, what: str = 'checkpoint', trial_load: bool 
 
 
 # ---------------------------------------------------------------------------------------
-# atomic saving
-TMP_SUFFIX = '.tmp'
-
-
-def tmp_path_beside(filename: str) -> str:
-    """``dir/.name.<pid>.<random>.tmp``: beside the destination (same file system, so the
-    rename is atomic), hidden, and naming the process that writes it."""
-    folder, base = osp.split(filename)
-    return osp.join(folder, f'.{base}.{os.getpid()}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}')
-
-
-def atomic_write(filename: str, write) -> None:
-    """Call ``write(file_object)`` on a temporary file, then rename it to ``filename``.
-
-    On any failure (or a kill) ``filename`` keeps its previous content, if it had one, and
-    the temporary file is removed (a kill leaves it for :func:`remove_stale_tmp_files`).
-
-    Raises:
-        CheckpointWriteError: writing failed with an OS error (disk full, I/O error, no
-            permission); the message names the folder.
-    """
-    filename = osp.realpath(osp.expanduser(str(filename)))  # replace a link's target
-    folder = osp.dirname(filename)
-    tmp = tmp_path_beside(filename)
-    try:
-        os.makedirs(folder, exist_ok=True)
-        with open(tmp, 'xb') as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, filename)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        cause = _os_error_in(e) if isinstance(e, Exception) else None
-        if cause is None:
-            raise
-        fix = (f'Free space in {folder}' if cause.errno in (errno.ENOSPC, errno.EDQUOT)
-               else f'Check the disk and the permissions of {folder}')
-        raise CheckpointWriteError(
-            f'could not write {filename}: {cause.strerror or cause} '
-            f'({errno.errorcode.get(cause.errno, cause.errno)}). {folder} holds what it held '
-            'before this save (its unfinished temporary file was removed). '
-            f'{fix} and continue the run with --resume.') from e
-    try:  # make the rename itself durable
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:  # pragma: no cover - file systems without directory fsync
-        pass
-
-
-def _os_error_in(error: BaseException) -> Optional[OSError]:
-    """The OS error behind ``error``: itself, or the one torch's writer met in ``f.write``
-    (torch.save reports it as a RuntimeError raised while handling it)."""
-    while error is not None:
-        if isinstance(error, OSError) and error.errno is not None:
-            return error
-        error = error.__cause__ or error.__context__
-    return None
-
-
-def atomic_save(obj, filename: str) -> None:
-    """``torch.save(obj, filename)``, atomically (see :func:`atomic_write`)."""
-    atomic_write(filename, lambda f: torch.save(obj, f))
-
-
-@contextlib.contextmanager
-def atomic_text_file(filename: str):
-    """A text buffer for a ``with`` block, written to ``filename`` atomically once the
-    block completes (mmengine's ``last_checkpoint``, see :mod:`pale_mm.compat`)."""
-    text = io.StringIO()
-    yield text
-    atomic_write(filename, lambda f: f.write(text.getvalue().encode()))
-
-
-def remove_stale_tmp_files(folder: str) -> List[str]:
-    """Delete temporary files that killed processes left in ``folder``; returns them."""
-    removed = []
-    for path in glob.glob(osp.join(folder, f'.*{TMP_SUFFIX}')):
-        m = re.match(r'\.(.+)\.(\d+)\.[0-9a-f]{8}' + re.escape(TMP_SUFFIX) + '$',
-                     osp.basename(path))
-        if not m:
-            continue
-        pid = int(m.group(2))
-        try:
-            os.kill(pid, 0)
-            alive = pid != os.getpid()
-        except ProcessLookupError:
-            alive = False
-        except PermissionError:  # another user's live process
-            alive = True
-        if not alive:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:  # another process of the run removed it first
-                continue
-            removed.append(path)
-    return removed
-
-
-# ---------------------------------------------------------------------------------------
 # does a checkpoint fit the model?
 def check_checkpoint_fits(model: torch.nn.Module, checkpoint, filename: str,
                           exact: bool) -> None:
@@ -492,8 +378,8 @@ def check_checkpoint_fits(model: torch.nn.Module, checkpoint, filename: str,
         CheckpointMismatchError: naming the file and the first entries that do not fit.
     """
     weights = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, dict) else {}
-    weights = {re.sub(r'^module\.', '', k): v for k, v in weights.items()
-               if isinstance(v, torch.Tensor)}  # mmengine strips DDP's prefix as it loads
+    # mmengine strips DDP's prefix as it loads
+    weights = strip_ddp_prefix({k: v for k, v in weights.items() if isinstance(v, torch.Tensor)})
     matched, missing, _, mismatched = match_state_dict(model, weights)
     total = len(model.state_dict())
     if len(matched) >= total / 2 and not (exact and mismatched):
@@ -551,12 +437,16 @@ def extract_state_dict(checkpoint) -> Dict[str, torch.Tensor]:
     return OrderedDict((k, v) for k, v in checkpoint.items() if isinstance(v, torch.Tensor))
 
 
+def strip_ddp_prefix(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """The keys without DDP's ``module.`` prefix, where they have it."""
+    return OrderedDict((k[len('module.'):] if k.startswith('module.') else k, v)
+                       for k, v in state_dict.items())
+
+
 def backbone_state_dict(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """Strip ``module.`` (DDP); keep and strip ``backbone.`` keys where there are any
     (classifier, detector and segmentor checkpoints), else take the dict as is."""
-    state_dict = OrderedDict(
-        (k[len('module.'):] if k.startswith('module.') else k, v)
-        for k, v in state_dict.items())
+    state_dict = strip_ddp_prefix(state_dict)
     if any(k.startswith('backbone.') for k in state_dict):
         state_dict = OrderedDict((k[len('backbone.'):], v) for k, v in state_dict.items()
                                  if k.startswith('backbone.'))
@@ -786,4 +676,3 @@ def load_pretrained_backbone(model: torch.nn.Module, filename: str,
                 'last one; they start at weight 1, bias 0)')
     print_log(msg, logger='current')
     return report
-

@@ -26,7 +26,8 @@ from typing import Callable, List, NamedTuple
 import mmengine
 from mmengine.utils import digit_version
 
-from .checkpoint import atomic_save, atomic_text_file, is_url, safe_load
+from .checkpoint import is_url, safe_load
+from .fileio import atomic_save, atomic_text_file
 
 MMENGINE = digit_version(mmengine.__version__)
 NEWEST_CHECKED = digit_version('0.10.7')

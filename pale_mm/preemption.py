@@ -27,7 +27,7 @@ from mmengine.logging import print_log
 from mmengine.registry import HOOKS, LOOPS
 from mmengine.runner import EpochBasedTrainLoop, IterBasedTrainLoop
 
-from .checkpoint import atomic_write
+from .fileio import atomic_write
 
 # sysexits.h's EX_TEMPFAIL: a temporary failure, the same command will work later
 PREEMPTED_EXIT_CODE = 75

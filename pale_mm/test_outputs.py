@@ -13,22 +13,17 @@ def dump_metric(scope: str, out_file: str):
     else:
         from mmengine.evaluator import DumpResults as base
 
-    from .checkpoint import tmp_path_beside
+    from .fileio import written_atomically
 
     class AtomicDump(base):
         def compute_metrics(self, results):
             final = self.out_file_path
-            os.makedirs(osp.dirname(osp.abspath(final)), exist_ok=True)
-            tmp = tmp_path_beside(osp.abspath(final)) + '.pkl'  # the suffix picks pickle
-            self.out_file_path = tmp
-            try:
-                metrics = super().compute_metrics(results)
-                os.replace(tmp, final)
-            finally:
-                self.out_file_path = final
-                if osp.exists(tmp):
-                    os.unlink(tmp)
-            return metrics
+            with written_atomically(final, suffix='.pkl') as tmp:  # the suffix picks pickle
+                self.out_file_path = tmp
+                try:
+                    return super().compute_metrics(results)
+                finally:
+                    self.out_file_path = final
 
     return AtomicDump(out_file_path=out_file)
 
@@ -36,7 +31,7 @@ def dump_metric(scope: str, out_file: str):
 def atomic_coco_results(runner) -> None:
     """mmdet's CocoMetric writes its result files (``outfile_prefix``.bbox.json, .segm.json)
     in place; here into temporary names, renamed once each file is complete."""
-    from .checkpoint import tmp_path_beside
+    from .fileio import tmp_path_beside
     for metric in getattr(runner.test_evaluator, 'metrics', []):
         if not hasattr(metric, 'results2json') or getattr(metric, '_pale_atomic', False):
             continue

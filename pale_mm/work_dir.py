@@ -39,7 +39,8 @@ def find_resume_checkpoint(work_dir: str) -> Optional[str]:
     """
     from mmengine.runner import find_latest_checkpoint
 
-    from .checkpoint import checkpoint_problem, remove_stale_tmp_files
+    from .checkpoint import checkpoint_problem
+    from .fileio import remove_stale_tmp_files
     if not osp.isdir(work_dir):
         return None
     for path in remove_stale_tmp_files(work_dir):

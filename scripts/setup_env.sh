@@ -54,13 +54,16 @@ else
   echo "setup_env.sh: installing $(pinned mmcv-lite) (no compiled ops)"
   "$PY" -m pip install -q "$(pinned mmcv-lite)"
 fi
-echo "setup_env.sh: installing mmengine, mmdet, mmsegmentation$(pinned mmpretrain | sed 's/==.*/, mmpretrain/') and test tools"
+echo "setup_env.sh: installing mmengine, mmdet, mmsegmentation$(pinned mmpretrain | sed 's/.*/, mmpretrain/'), onnx, onnxruntime and test tools"
 # torch again: its own requirements are resolved with pale_mm's (the setuptools that mmcv's
 # build needed is older than torch 2.14 asks for; runtime.txt caps it where pkg_resources is)
 # shellcheck disable=SC2046
-"$PY" -m pip install -q -r requirements/runtime.txt -r requirements/tests.txt \
+"$PY" -m pip install -q -r requirements/runtime.txt -r requirements/tests.txt -r requirements/deploy.txt \
   $(pinned torch) $(pinned mmpretrain)
 "$PY" -m pip install -q --no-build-isolation --no-deps -e .
+echo "setup_env.sh: installing mmdeploy beside the environment ($VENV/mmdeploy-packages)"
+"$PY" -m pip install -q --no-deps --upgrade --target "$VENV/mmdeploy-packages" \
+  -r requirements/mmdeploy.txt
 "$PY" -c 'import mmdet, mmseg, mmcv, pale_mm; print("setup_env.sh: environment ready:", "mmcv", mmcv.__version__)'
 echo "$STACK" > "$VENV/.pale_mm-stack"
 touch "$stamp"

@@ -2,6 +2,11 @@
 
     python tools/benchmark.py                                  # CPU, float32, batch 2
     python tools/benchmark.py --device cuda --dtype bfloat16   # what tools/gpu_check.sh runs
+    python tools/benchmark.py --runtime onnxruntime --sizes 512 800x1333   # docs/deploy.md
+
+With ``--runtime onnxruntime`` each backbone is exported to ONNX first (pale_mm.deploy: the
+file is checked against PyTorch in ONNX Runtime) and its inference latency, batch 1, is
+timed in ONNX Runtime on the CPU, the models taking turns as below.
 
 For each input size it measures each backbone's forward (inference: ``torch.no_grad``, eval
 mode) and forward+backward (a training step without the optimizer) as images per second,
@@ -53,7 +58,14 @@ def parse_args(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--sizes', nargs='+', default=['224', '512', '800x1333'],
                         help='input sizes, S or HxW')
-    parser.add_argument('--batch', type=int, default=2)
+    parser.add_argument('--batch', type=int, default=None,
+                        help='images per step (default 2; 1 with --runtime onnxruntime)')
+    parser.add_argument('--runtime', default='torch', choices=['torch', 'onnxruntime'],
+                        help='onnxruntime: each backbone exported to ONNX (pale_mm.deploy, '
+                        'checked against PyTorch) and its inference timed in ONNX Runtime '
+                        '(CPUExecutionProvider), batch 1')
+    parser.add_argument('--exporter', default='torchscript', choices=['torchscript', 'dynamo'],
+                        help='the ONNX exporter of --runtime onnxruntime')
     parser.add_argument('--repeats', type=int, default=3,
                         help='timed steps per block (one model, consecutive steps)')
     parser.add_argument('--warmup', type=int, default=1, help='untimed steps per block')
@@ -80,6 +92,16 @@ def parse_args(argv=None):
             parse_size(s)
         except ValueError:
             parser.error(f'--sizes: {s!r} is not S or HxW (e.g. 512 or 800x1333)')
+    if args.runtime == 'onnxruntime':
+        if args.batch not in (None, 1):
+            parser.error('--runtime onnxruntime times batch 1 (one file per input size)')
+        if args.device != 'cpu':
+            parser.error('--runtime onnxruntime runs on the CPU here (CPUExecutionProvider)')
+        if importlib.util.find_spec('onnxruntime') is None:
+            parser.error('--runtime onnxruntime: pip install "pale_mm[deploy]"')
+        args.batch = 1
+        args.modes = ['forward'] + (['profile'] if 'profile' in args.modes else [])
+    args.batch = args.batch or 2
     if min(args.batch, args.repeats, args.rounds) < 1 or args.warmup < 0:
         parser.error('--batch, --repeats and --rounds must be at least 1, --warmup at least 0')
     import torch
@@ -169,37 +191,47 @@ def _step(model, x, train, args):
             model(x)
 
 
-def _time_block(model, x, train, args):
-    """Median seconds of ``--repeats`` steps of one model, after ``--warmup`` steps."""
-    model.train(train)
+def _time_block(step, args):
+    """Median seconds of ``--repeats`` calls of ``step()``, after ``--warmup`` calls."""
     times = []
     for i in range(args.warmup + args.repeats):
-        model.zero_grad(set_to_none=True)
         _sync(args)
         t0 = time.perf_counter()
-        _step(model, x, train, args)
+        step()
         _sync(args)
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
 
-def time_models(models, x, train, args):
-    """Seconds per step of each model, over ``--rounds`` rounds. In a round each model runs
-    a block of steps of its own (warm-up, then the timed ones), as in a training loop; the
-    order of the blocks alternates from round to round, so that a machine whose speed drifts
-    slows both alike. Returns each model's median over the rounds and the median of the
-    per-round ratios first model / second model (None for one model)."""
-    names = list(models)
+def time_alternating(steps, args):
+    """Seconds per call of each of ``steps`` ({name: step()}), over ``--rounds`` rounds. In
+    a round each runs a block of calls of its own (warm-up, then the timed ones), as in a
+    training loop; the order of the blocks alternates from round to round, so that a
+    machine whose speed drifts slows both alike. Returns each one's median over the rounds
+    and the median of the per-round ratios first / second (None for one)."""
+    names = list(steps)
     per_round = {name: [] for name in names}
     ratios = []
     for r in range(args.rounds):
         for name in (names if r % 2 == 0 else names[::-1]):
-            per_round[name].append(_time_block(models[name], x, train, args))
+            per_round[name].append(_time_block(steps[name], args))
         if len(names) == 2:
             ratios.append(per_round[names[0]][-1] / per_round[names[1]][-1])
     return ({name: statistics.median(t) for name, t in per_round.items()},
             statistics.median(ratios) if ratios else None)
+
+
+def time_models(models, x, train, args):
+    """:func:`time_alternating` of the models' inference or training steps."""
+    def step(model):
+        model.zero_grad(set_to_none=True)
+        _step(model, x, train, args)
+
+    for model in models.values():
+        model.train(train)
+    return time_alternating({name: functools.partial(step, m) for name, m in models.items()},
+                            args)
 
 
 # Kinds of operator for ``--modes profile``, matched in order on the profiler's event name;
@@ -387,7 +419,8 @@ RATIO_COLUMNS = (('forward_s', 'forward time Pale/Swin'),
 
 
 def print_report(report, args):
-    print(f"\ndevice: {report['device']} ({report['device_name']}); dtype {args.dtype}; "
+    print(f"\nruntime: {report['runtime']}; "
+          f"device: {report['device']} ({report['device_name']}); dtype {args.dtype}; "
           f"batch {args.batch}; {args.rounds} rounds of {args.repeats} timed steps after "
           f"{args.warmup} warm-up per model; torch {report['torch']}")
     for name, text in report['models'].items():
@@ -414,8 +447,10 @@ def print_report(report, args):
             print(f'| {size} | ' + ' | '.join(', '.join(r['sdpa'][m]) or 'none (no SDPA call)'
                                                for m in names) + ' |')
     for size, r in results.items():
-        if 'profile' in r:
+        if 'profile' in r and report['runtime'] == 'torch':
             print_profile(size, r['profile'], names)
+        elif 'profile' in r:
+            print_ort_profile(size, r['profile'], names)
     util = report['utilisation']
     if util:
         print(f"\nPale-T forward at {util['size']}x{util['size']}: "
@@ -432,6 +467,8 @@ def main(argv=None):
     if args.memory_probe:
         return memory_probe(args)
 
+    if args.runtime == 'onnxruntime':
+        return main_onnxruntime(args)
     results = {}
     mm = None
     for size in args.sizes:
@@ -482,19 +519,121 @@ def main(argv=None):
         util['fraction'] = util['pale_t_macs_per_s'] / mm[1]
 
     report = dict(
-        device=args.device, dtype=args.dtype, batch=args.batch, torch=torch.__version__,
+        runtime='torch', device=args.device, dtype=args.dtype, batch=args.batch,
+        torch=torch.__version__,
         device_name=(torch.cuda.get_device_name(args.device) if on_cuda(args) else
                      f'{platform.processor() or platform.machine()}, '
                      f'{torch.get_num_threads()} threads'),
         timing=dict(rounds=args.rounds, repeats=args.repeats, warmup=args.warmup),
         models={name: describe(name, args.swin) for name in args.models},
         results=results, utilisation=util)
+    return finish(report, args)
+
+
+def finish(report, args):
     print_report(report, args)
     if args.json:
         text = json.dumps(report, indent=2)
         with open(args.json, 'w') as f:
             f.write(text)
     return report
+
+
+def export_backbones(size, args, folder):
+    """Each model's ONNX file for ``size`` (pale_mm.deploy's export, checked against
+    PyTorch in ONNX Runtime), in ``folder``."""
+    import torch.nn as nn
+    from pale_mm.deploy.onnx_export import BackboneGraph, export_onnx
+
+    class Holder(nn.Module):  # a model with a backbone, as the configs build them
+        def __init__(self, backbone):
+            super().__init__()
+            self.backbone = backbone
+
+    paths = {}
+    for name in args.models:
+        model = build(name, size, args.swin)
+        model.eval()  # not chained: mmdet's SwinTransformer.train() returns None
+        graph = BackboneGraph(Holder(model), parse_size(size)).eval()
+        paths[name] = osp.join(folder, f'{name}_{size}.onnx')
+        export_onnx(graph, paths[name], args.exporter)
+    return paths
+
+
+def ort_op_times(path, x, threads):
+    """Seconds per ONNX operator type of one inference, from ONNX Runtime's profiler."""
+    import collections
+
+    import onnxruntime
+    options = onnxruntime.SessionOptions()
+    options.enable_profiling = True
+    options.intra_op_num_threads = threads
+    options.profile_file_prefix = osp.splitext(path)[0]
+    session = onnxruntime.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+    feed = {session.get_inputs()[0].name: x}
+    session.run(None, feed)  # warm-up, also profiled: its events are dropped below
+    session.run(None, feed)
+    with open(session.end_profiling()) as f:
+        events = json.load(f)
+    by_op = collections.Counter()
+    runs = [e for e in events if e.get('name') == 'model_run']
+    last_start = runs[-1]['ts'] if runs else 0
+    for e in events:
+        if e.get('cat') == 'Node' and e['name'].endswith('_kernel_time') and e['ts'] >= last_start:
+            by_op[e['args']['op_name']] += e['dur'] / 1e6
+    return dict(by_op.most_common())
+
+
+def print_ort_profile(size, profile, names):
+    print(f'\nwhere the time goes at {size}: share of each ONNX operator type in one profiled '
+          'inference (ONNX Runtime\'s profiler)')
+    ops = sorted({op for n in names for op in list(profile[n])[:8]},
+                 key=lambda op: -max(profile[n].get(op, 0) for n in names))
+    total = {n: sum(profile[n].values()) for n in names}
+    print('| operator | ' + ' | '.join(names) + ' |')
+    print('|' + '---|' * (len(names) + 1))
+    for op in ops:
+        print(f'| {op} | ' + ' | '.join(f'{100 * profile[n].get(op, 0) / total[n]:.0f}%'
+                                       for n in names) + ' |')
+
+
+def main_onnxruntime(args):
+    """Inference latency in ONNX Runtime, batch 1, the models taking turns."""
+    import tempfile
+
+    import numpy as np
+    import onnxruntime
+    import torch
+    from pale_mm.deploy.onnx_runtime import OnnxModel
+
+    threads = args.threads or os.cpu_count()
+    results = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for size in args.sizes:
+            paths = export_backbones(size, args, folder)
+            x = np.random.default_rng(0).standard_normal((1, 3, *parse_size(size)),
+                                                         dtype=np.float32)
+            runs = {name: OnnxModel(path, threads=threads) for name, path in paths.items()}
+            times, ratio = time_alternating(
+                {name: functools.partial(run, x) for name, run in runs.items()}, args)
+            r = results[size] = {name: dict(forward_s=times[name],
+                                            forward_img_per_s=1 / times[name])
+                                 for name in args.models}
+            if ratio is not None:
+                r['ratio'] = dict(forward_s=ratio)
+            if 'profile' in args.modes:
+                r['profile'] = {name: ort_op_times(path, x, threads)
+                                for name, path in paths.items()}
+    models = {name: f'{describe(name, args.swin)}; exported by torch\'s {args.exporter} '
+              'exporter' for name in args.models}
+    report = dict(
+        runtime=f'onnxruntime {onnxruntime.__version__}', device='cpu', dtype='float32',
+        batch=1, torch=torch.__version__,
+        device_name=f'{platform.processor() or platform.machine()}, {threads} threads, '
+                    'CPUExecutionProvider',
+        timing=dict(rounds=args.rounds, repeats=args.repeats, warmup=args.warmup),
+        models=models, results=results, utilisation=None)
+    return finish(report, args)
 
 
 if __name__ == '__main__':

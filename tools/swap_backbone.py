@@ -11,7 +11,6 @@ parameters, Pale's layer-decay constructor), and prints each change with its rea
 ``mmseg::path``. A config it cannot rewrite safely is refused with the key to set by hand.
 """
 import argparse
-import os
 import os.path as osp
 import sys
 
@@ -20,6 +19,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 from mmengine.config import Config  # noqa: E402
 
 from pale_mm.errors import PaleError  # noqa: E402
+from pale_mm.fileio import written_atomically  # noqa: E402
 from pale_mm.swap import SwapError, render_config, resolve_config, swap_backbone  # noqa: E402
 
 
@@ -55,7 +55,6 @@ def check_builds(path: str) -> None:
 def main(argv=None):
     args = parse_args(argv)
     out = osp.abspath(args.out)
-    tmp = osp.join(osp.dirname(out), f'.{osp.basename(out)}.{os.getpid()}.tmp.py')
     command = 'python tools/swap_backbone.py ' + ' '.join(argv if argv is not None
                                                            else sys.argv[1:])
     try:
@@ -66,17 +65,14 @@ def main(argv=None):
                 'config cannot inherit; swap it in Python: cfg = Config.fromfile(path); '
                 "pale_mm.swap.apply_swap(cfg, arch='tiny') (docs/your_config.md)")
         swap = swap_backbone(config, args.arch, args.pretrained, args.out_indices)
-        os.makedirs(osp.dirname(out), exist_ok=True)
-        with open(tmp, 'w') as f:
-            f.write(render_config(args.config if '::' in args.config else config, swap, out,
-                                  command))
-        check_builds(tmp)
-        os.replace(tmp, out)
+        # Config.fromfile reads the file by its suffix; replaces ``out`` once it builds
+        with written_atomically(out, suffix='.py') as tmp:
+            with open(tmp, 'w') as f:
+                f.write(render_config(args.config if '::' in args.config else config, swap,
+                                      out, command))
+            check_builds(tmp)
     except PaleError as e:
         sys.exit(f'swap_backbone.py: error: {e}')
-    finally:
-        if osp.exists(tmp):
-            os.unlink(tmp)
     print(f'wrote {args.out} (inherits {args.config}); changes:')
     for line in swap.changes:
         print(f'  - {line}')

@@ -9,7 +9,6 @@ and columns, from :func:`pale_mm.models.pale_attention.pale_mask`, the mask the 
 the fast attention to). Each panel's title gives the number of tokens attended.
 """
 import argparse
-import os
 import os.path as osp
 import sys
 
@@ -78,10 +77,9 @@ def main(argv=None):
         ax.set_title(f'{name}\n{int(mask.sum())} of {H * W} tokens', fontsize=10)
     fig.suptitle(f'Tokens the query (red, row {r}, col {c}) attends to on a {H}x{W} map')
     fig.tight_layout(rect=(0, 0, 1, 0.93))
-    os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
-    tmp = args.out + '.tmp.png'
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, args.out)
+    from pale_mm.fileio import written_atomically
+    with written_atomically(args.out, suffix=".png") as tmp:  # matplotlib reads the suffix
+        fig.savefig(tmp, dpi=110)
     print(f'wrote {args.out}')
     return {name: int(mask.sum()) for name, mask in panels}
 

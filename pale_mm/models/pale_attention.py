@@ -102,10 +102,11 @@ class PaleLayout(NamedTuple):
 
     def _halves(self, x: Tensor):
         """(B, H, W, C) -> row half (B, H, W, heads, d), column half (B, W, H, heads, d)."""
-        half = self.C // 2
-        split = (self.heads, half // self.heads)
-        return (x[..., :half].unflatten(-1, split),
-                x[..., half:].transpose(1, 2).unflatten(-1, split))
+        B, H, W, C, heads = self[:5]
+        d = C // 2 // heads
+        # every size given (not unflatten): an exporter of a traced graph needs the rank
+        return (x[..., :C // 2].reshape(B, H, W, heads, d),
+                x[..., C // 2:].transpose(1, 2).reshape(B, W, H, heads, d))
 
     def gather(self, x: Tensor) -> Tuple[Tensor, ...]:
         """(B, H, W, C) -> the bands of the row half, then those of the column half."""
@@ -128,7 +129,7 @@ def _gather_bands(x: Tensor, bands: _Bands) -> List[Tensor]:
     B, H, W, heads, d = _ints(x.shape)
     G, full, rest = bands
     # (B, G, heads, full, W, d): row a*G + i of x is [:, i, :, a]
-    blocks = x[:, :full * G].unflatten(1, (full, G)).permute(0, 2, 4, 1, 3, 5)
+    blocks = x[:, :full * G].reshape(B, full, G, W, heads, d).permute(0, 2, 4, 1, 3, 5)
     out = []
     if rest:  # groups i < rest also hold row full*G + i
         last = x[:, full * G:].permute(0, 1, 3, 2, 4).unsqueeze(3)  # (B, rest, heads, 1, W, d)
@@ -216,4 +217,3 @@ def pale_attention_reference(q: Tensor, k: Tensor, v: Tensor, pale_size,
     scores = scores.masked_fill(~head_mask, float('-inf'))
     out = scores.softmax(dim=-1) @ heads(v)  # (B, heads, N, d)
     return out.transpose(1, 2).reshape(B, H, W, C)
-
