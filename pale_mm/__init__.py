@@ -8,7 +8,8 @@ from .version import check_mmcv
 
 check_mmcv()  # before anything imports mmcv's modules: one line naming the fix
 
-from . import compat, hooks  # noqa: F401,E402  (hooks: registers pale_mm's hooks)
+from . import compat, distributed, hooks  # noqa: F401,E402  (hooks: registers pale_mm's hooks;
+# distributed: before any process group exists, see pale_mm/distributed.py)
 from .models import (ARCH_SETTINGS, PaleTransformer, pale_attention,  # noqa: E402
                      pale_attention_reference)
 from .registry import register_all  # noqa: E402

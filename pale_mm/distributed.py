@@ -8,6 +8,17 @@ import torch
 
 from .errors import LaunchError
 
+# torch.distributed.nn.functional's ten collectives take ``group=group.WORLD`` as a default
+# argument, evaluated when the module is first imported. On torch 2.14 constructing DDP
+# imports it (through torch.distributed._shard), after the process group exists: the ten
+# defaults then hold the group, so destroy_process_group leaves it (and its gloo threads)
+# alive until the interpreter finalizes, where tearing it down aborted the process
+# ("terminate called without an active exception"). Imported here, before any group
+# exists (``import pale_mm`` imports this module), the defaults are None: the group of the
+# call. docs/cluster.md, "Ending a distributed run".
+if torch.distributed.is_available():
+    import torch.distributed.nn  # noqa: F401,E402
+
 
 def is_main_process() -> bool:
     """Rank 0 (or no distributed run), from the launcher's environment."""
@@ -61,12 +72,13 @@ def sync_bn_to_bn(node) -> int:
 def process_group_ends_with_the_run():
     """Destroy the default process group when the body ends, before the interpreter exits.
 
-    A process that exits with its gloo process group alive aborts at random: gloo's worker
-    threads still hold their last work (tensors that Python objects refer to) while the
-    interpreter finalizes, and destroying them then ends in ``terminate called without an
-    active exception`` (SIGABRT), after training or testing had finished; the launcher
-    then reports the whole run as failed. mmengine's Runner never destroys the group, so the
-    tools do it here, on success, on an error and on preemption.
+    A process whose gloo group (and its worker threads) was still alive when the interpreter
+    finalized aborted at random, ``terminate called without an active exception``
+    (SIGABRT), after training or testing had finished; the launcher then reported the run as
+    failed. mmengine's Runner never destroys the group, so the tools do it here, on success,
+    on an error and on preemption; and ``import pale_mm`` makes sure nothing else keeps the
+    group alive past its teardown (the defaults of torch.distributed.nn, see the top of this
+    module).
 
     Where all processes end together (the body returned, or the preemption exit after its
     barrier) the group is destroyed on every backend. After an error only one process may
@@ -80,32 +92,9 @@ def process_group_ends_with_the_run():
         yield
     except BaseException as e:
         together = isinstance(e, SystemExit) and e.code == PREEMPTED_EXIT_CODE
-        if together:
-            _flush_gloo_workers()
         destroy_process_group(only_if_local=not together)
         raise
-    _flush_gloo_workers()
     destroy_process_group(only_if_local=False)
-
-
-# ProcessGroupGloo's default number of worker threads (torch 2.1 to 2.14)
-GLOO_WORKER_THREADS = 2
-
-
-def _flush_gloo_workers() -> None:
-    """Make tensor-free barriers the last work each gloo worker thread holds.
-
-    A worker thread keeps its last work item (with the tensors of that collective, which
-    Python objects refer to) until it wakes for the next one. Once DDP has been built the group
-    is still referenced after ``destroy_process_group`` (measured on torch 2.14:
-    scripts/gloo_threads_after_teardown.py) and is torn down during interpreter
-    finalization, which wakes the workers: freeing those tensors then needs the GIL of a
-    finalizing interpreter, and the process aborts. Barriers hold no tensors. Only where all
-    processes end together (a barrier waits for every rank)."""
-    import torch.distributed as dist
-    if _default_backend() == 'gloo':
-        for _ in range(GLOO_WORKER_THREADS):
-            dist.barrier()
 
 
 def destroy_process_group(only_if_local: bool) -> None:

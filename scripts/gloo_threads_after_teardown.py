@@ -1,5 +1,7 @@
 """How many threads a process has after its 1-process gloo group is destroyed, by what ran on
-the group (docs/cluster.md, "What is not solved").
+the group (docs/cluster.md, "Ending a distributed run"): on torch 2.14, after DDP, the group
+outlived its teardown unless torch.distributed.nn was imported before the group existed
+(``import pale_mm`` does).
 
     python scripts/gloo_threads_after_teardown.py
 
@@ -12,7 +14,10 @@ import subprocess
 import sys
 
 CASE = r'''
-import gc, os, socket, sys, torch, torch.distributed as dist
+import sys
+if sys.argv[1] == 'ddp, pale_mm imported first':
+    import pale_mm  # imports torch.distributed.nn before any group exists
+import gc, os, socket, torch, torch.distributed as dist
 def threads():
     return len(os.listdir('/proc/self/task'))
 s = socket.socket(); s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]; s.close()
@@ -41,7 +46,7 @@ print(f'{sys.argv[1]}: threads at start {start}, with the group {with_group}, '
 def main():
     import torch
     print(f'torch {torch.__version__}')
-    for case in ('collectives', 'ddp'):
+    for case in ('collectives', 'ddp', 'ddp, pale_mm imported first'):
         res = subprocess.run([sys.executable, '-c', CASE, case], capture_output=True, text=True,
                              env=dict(os.environ, OMP_NUM_THREADS='1'))
         print(res.stdout.strip() or res.stderr[-2000:])
