@@ -72,16 +72,16 @@ def sync_bn_to_bn(node) -> int:
 def process_group_ends_with_the_run():
     """Destroy the default process group when the body ends, before the interpreter exits.
 
-    A process whose gloo group (and its worker threads) was still alive when the interpreter
-    finalized aborted at random, ``terminate called without an active exception``
-    (SIGABRT), after training or testing had finished; the launcher then reported the run as
-    failed. mmengine's Runner never destroys the group, so the tools do it here, on success,
-    on an error and on preemption; and ``import pale_mm`` makes sure nothing else keeps the
-    group alive past its teardown (the defaults of torch.distributed.nn, see the top of this
-    module).
+    A process that exits with its gloo process group alive aborts at random: gloo's worker
+    threads still hold their last work (tensors that Python objects refer to) while the
+    interpreter finalizes, and destroying them then ends in ``terminate called without an
+    active exception`` (SIGABRT), after training or testing had finished; the launcher
+    then reports the whole run as failed. mmengine's Runner never destroys the group, so the
+    tools do it here, on success, on an error and on preemption.
 
     Where all processes end together (the body returned, or the preemption exit after its
-    barrier) the group is destroyed on every backend. After an error only one process may
+    barrier) the group is destroyed on every backend, after one barrier per gloo worker
+    thread (:func:`_flush_gloo_workers`). After an error only one process may
     be failing while the others wait in a collective: there the group is destroyed only
     when that is local to this process (gloo: it joins this process's own threads and
     waits on no other process, so it cannot hang when a rank has gone); NCCL's abort of its
@@ -92,9 +92,33 @@ def process_group_ends_with_the_run():
         yield
     except BaseException as e:
         together = isinstance(e, SystemExit) and e.code == PREEMPTED_EXIT_CODE
+        if together:
+            _flush_gloo_workers()
         destroy_process_group(only_if_local=not together)
         raise
+    _flush_gloo_workers()
     destroy_process_group(only_if_local=False)
+
+
+# ProcessGroupGloo's default number of worker threads (torch 2.1 to 2.14)
+GLOO_WORKER_THREADS = 2
+
+
+def _flush_gloo_workers() -> None:
+    """Make tensor-free barriers the last work each gloo worker thread holds.
+
+    A worker thread keeps its last work item (with the tensors of that collective, which
+    Python objects refer to) until it wakes for the next one. Where the group is still
+    referenced after ``destroy_process_group`` it is torn down during interpreter
+    finalization, which wakes the workers: freeing those tensors then needs the GIL of a
+    finalizing interpreter, and the process aborts. One such holder is found and removed
+    (the top of this module), but the abort showed once more without this flush (a 2-process
+    Mask R-CNN training, torch 2.14.1, docs/cluster.md): kept. Barriers hold no tensors.
+    Only where all processes end together (a barrier waits for every rank)."""
+    import torch.distributed as dist
+    if _default_backend() == 'gloo':
+        for _ in range(GLOO_WORKER_THREADS):
+            dist.barrier()
 
 
 def destroy_process_group(only_if_local: bool) -> None:
