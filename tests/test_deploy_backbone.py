@@ -9,7 +9,6 @@ import os
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 pytest.importorskip('onnxruntime', reason='pale_mm[deploy] is not installed')
@@ -23,17 +22,9 @@ from pale_mm.models import PaleTransformer  # noqa: E402
 ATOL = 1e-4
 
 
-class Holder(nn.Module):
-    """A model with a backbone, as the configs build them."""
-
-    def __init__(self, backbone):
-        super().__init__()
-        self.backbone = backbone
-
-
 def backbone_graph(tiny_arch, shape):
     torch.manual_seed(0)
-    return BackboneGraph(Holder(PaleTransformer(arch=tiny_arch)), shape).eval()
+    return BackboneGraph.of(PaleTransformer(arch=tiny_arch), shape)
 
 
 @pytest.mark.parametrize('shape,exporter', [
@@ -117,6 +108,6 @@ def test_building_the_graph_leaves_the_weights_and_statistics_alone(tiny_arch):
     torch.manual_seed(0)
     backbone = PaleTransformer(arch=tiny_arch)  # train mode, as a registry builds it
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
-    BackboneGraph(Holder(backbone), (64, 64))
+    BackboneGraph.of(backbone, (64, 64))
     after = backbone.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)

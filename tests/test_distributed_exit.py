@@ -9,6 +9,7 @@ competing CPU load, as the abort showed, and reads their logs for it and for DDP
 gradient-layout warning."""
 import contextlib
 import json
+import os
 import os.path as osp
 import subprocess
 import sys
@@ -115,7 +116,7 @@ def test_the_process_group_dies_with_its_teardown_after_ddp():
     (without it: 5 threads left, 10 more references; checked on torch 2.14.1)."""
     out = subprocess.run([sys.executable, '-c', GROUP_AFTER_DDP, str(free_port())],
                          capture_output=True, text=True, timeout=120,
-                         env=dict(__import__('os').environ, OMP_NUM_THREADS='1'))
+                         env=dict(os.environ, OMP_NUM_THREADS='1'))
     assert out.returncode == 0, out.stderr[-2000:]
     before, with_group, after, refs_before, refs_after = map(int, out.stdout.split()[-5:])
     assert with_group > before  # gloo's threads

@@ -542,19 +542,11 @@ def finish(report, args):
 def export_backbones(size, args, folder):
     """Each model's ONNX file for ``size`` (pale_mm.deploy's export, checked against
     PyTorch in ONNX Runtime), in ``folder``."""
-    import torch.nn as nn
     from pale_mm.deploy.onnx_export import BackboneGraph, export_onnx
-
-    class Holder(nn.Module):  # a model with a backbone, as the configs build them
-        def __init__(self, backbone):
-            super().__init__()
-            self.backbone = backbone
 
     paths = {}
     for name in args.models:
-        model = build(name, size, args.swin)
-        model.eval()  # not chained: mmdet's SwinTransformer.train() returns None
-        graph = BackboneGraph(Holder(model), parse_size(size)).eval()
+        graph = BackboneGraph.of(build(name, size, args.swin), parse_size(size))  # eval mode
         paths[name] = osp.join(folder, f'{name}_{size}.onnx')
         export_onnx(graph, paths[name], args.exporter)
     return paths
@@ -593,8 +585,8 @@ def print_ort_profile(size, profile, names):
     print('| operator | ' + ' | '.join(names) + ' |')
     print('|' + '---|' * (len(names) + 1))
     for op in ops:
-        print(f'| {op} | ' + ' | '.join(f'{100 * profile[n].get(op, 0) / total[n]:.0f}%'
-                                       for n in names) + ' |')
+        shares = [f'{100 * profile[n].get(op, 0) / total[n]:.0f}%' for n in names]
+        print(f'| {op} | ' + ' | '.join(shares) + ' |')
 
 
 def main_onnxruntime(args):

@@ -82,7 +82,6 @@ def check(path, model, scope, shape):
 def main(argv=None):
     args = parse_args(argv)
     try:
-        from pale_mm.config import load_config
         from pale_mm.deploy.mmdeploy_route import (deploy_config, register_exact_pooling,
                                                    torch_for_mmdeploy)
         from pale_mm.deploy.onnx_export import build_graph
@@ -91,9 +90,9 @@ def main(argv=None):
         from mmdeploy.apis import torch2onnx
         register_exact_pooling()
         import numpy as np
-        cfg = load_config(args.config, args.cfg_options)
-        model = build_graph(args.config, args.checkpoint, args.shape,
-                            cfg_options=args.cfg_options).model
+        graph = build_graph(args.config, args.checkpoint, args.shape,
+                            cfg_options=args.cfg_options)
+        cfg, model = graph.cfg, graph.model
         deploy_cfg = deploy_config(cfg.default_scope, cfg.model, args.shape)
         out = osp.abspath(args.out or '{}_{}x{}_mmdeploy.onnx'.format(
             osp.splitext(args.checkpoint)[0], *args.shape))

@@ -41,8 +41,8 @@ from .onnx_runtime import METADATA_KEY, DeployError, OnnxModel, require
 # the opset of each exporter: LayerNormalization is an op from 17 (SDPA needs >= 14), and
 # the dynamo exporter writes 18 (it converts to another opset after the fact, and fails to)
 OPSETS = dict(torchscript=17, dynamo=18)
-OPSET = OPSETS["torchscript"]
-EXPORTERS = ('torchscript', 'dynamo')
+OPSET = OPSETS['torchscript']
+EXPORTERS = tuple(OPSETS)
 # the largest difference from PyTorch a file may show, relative to the output's magnitude,
 # and the share of label-map pixels that must agree (a near tie may flip in float32)
 RELATIVE_TOLERANCE = 1e-3
@@ -160,6 +160,13 @@ class BackboneGraph(_Graph):
     def forward(self, image: Tensor):
         return tuple(self.model.backbone(image))
 
+    @classmethod
+    def of(cls, backbone: nn.Module, shape: Tuple[int, int]) -> 'BackboneGraph':
+        """The graph of a backbone built on its own (not by a config)."""
+        model = nn.Module()  # a model with a backbone, as the configs build them
+        model.backbone = backbone
+        return cls(model, shape)
+
 
 TASK_OF_SCOPE = {'mmseg': SegmentorGraph, 'mmpretrain': ClassifierGraph,
                  'mmdet': DetectorGraph}
@@ -179,7 +186,8 @@ def example_image(graph: _Graph, seed: int = 0) -> Tensor:
 def build_graph(config: str, checkpoint: Optional[str], shape: Sequence[int],
                 backbone: bool = False, cfg_options: Optional[dict] = None) -> _Graph:
     """The graph of ``config``'s model with ``checkpoint``'s weights (``None``: as
-    initialised, for measuring speed), in eval mode on the CPU."""
+    initialised, for measuring speed), in eval mode on the CPU; ``graph.cfg`` is the config
+    it was built from."""
     from mmengine.registry import MODELS
     if len(shape) != 2 or min(shape) < 1:
         raise DeployError(f'--shape takes a height and a width, got {list(shape)}')
@@ -192,7 +200,9 @@ def build_graph(config: str, checkpoint: Optional[str], shape: Sequence[int],
         model.init_weights()
     else:
         load_weights(model, checkpoint)
-    return graph_type(model, shape)
+    graph = graph_type(model, shape)
+    graph.cfg = cfg
+    return graph
 
 
 def load_weights(model: nn.Module, checkpoint: str) -> None:
