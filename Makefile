@@ -2,7 +2,8 @@
 #   make test         build .venv (the newest stack) if needed, then run the whole test suite
 #   make test-quick   the same environment, the tests not marked slow (a few minutes)
 #   make test-oldest  build the two oldest stacks if needed and run in each the tests that a
-#                     version difference can break (README: "Install into your environment")
+#                     version difference can break (README: "Install into your environment");
+#                     test-oldest-torch and test-oldest-openmmlab do one each
 #   make demo         build .venv if needed, then train and evaluate a small Pale UperNet on a
 #                     synthetic dataset on the CPU (pictures and mIoU in work_dirs/demo)
 #   make env          only build .venv (torch, mmcv with ops, mmdet, mmseg, mmpretrain)
@@ -25,7 +26,7 @@ OLDEST_OPENMMLAB_TESTS := tests/test_env.py tests/test_registry.py tests/test_se
 	tests/test_resume_after_kill.py::test_kill_while_saving_keeps_the_previous_checkpoint \
 	'tests/test_swap_backbone.py::test_swapped_model_trains_one_step_and_predicts[mmdet::swin/retinanet_swin-t-p4-w7_fpn_1x_coco.py]'
 
-.PHONY: env test test-quick test-oldest demo clean-env
+.PHONY: env test test-quick test-oldest test-oldest-torch test-oldest-openmmlab demo clean-env
 
 env:
 	@bash scripts/setup_env.sh newest
@@ -36,9 +37,13 @@ test: env
 test-quick: env
 	$(PY) -m pytest tests -m 'not slow' $(PYTEST_ARGS)
 
-test-oldest:
+test-oldest: test-oldest-torch test-oldest-openmmlab
+
+test-oldest-torch:
 	@bash scripts/setup_env.sh oldest-torch
 	.venv-oldest-torch/bin/python -m pytest $(OLDEST_TORCH_TESTS) $(PYTEST_ARGS)
+
+test-oldest-openmmlab:
 	@bash scripts/setup_env.sh oldest-openmmlab
 	.venv-oldest-openmmlab/bin/python -m pytest $(OLDEST_OPENMMLAB_TESTS) $(PYTEST_ARGS)
 
