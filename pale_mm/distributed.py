@@ -1,6 +1,7 @@
 """Distributed set-up that also works on machines without GPUs (gloo, CPU DDP), and the
 teardown at the end of a run."""
 import contextlib
+import gc
 import os
 import warnings
 
@@ -68,57 +69,58 @@ def sync_bn_to_bn(node) -> int:
     return count
 
 
+class BuiltOnTheGroup:
+    """What a tool built on the process group: its Runner, whose model mmengine wrapped in
+    DDP. The wrapper (its ``process_group`` and its C++ reducer) holds the group: while it
+    lives, ``destroy_process_group`` only unregisters the group, and gloo's threads run on."""
+
+    def __init__(self):
+        self.runner = None
+
+    def release(self) -> None:
+        """Take the model out of its DDP wrapper and free the wrapper now.
+
+        The Runner sits in reference cycles (its hooks refer to it), so without this the
+        wrapper, and with it the group and gloo's threads, lived until the interpreter
+        finalized: the abort at exit (docs/cluster.md, "Ending a distributed run"). The
+        runner keeps its model, unwrapped (a wrapper cannot run once its group is gone)."""
+        from mmengine.model import is_model_wrapper
+        runner = self.runner
+        if runner is not None and is_model_wrapper(getattr(runner, 'model', None)):
+            runner.model = runner.model.module
+        gc.collect()  # the wrapper's own cycles (its hooks refer to it)
+
+
 @contextlib.contextmanager
 def process_group_ends_with_the_run():
     """Destroy the default process group when the body ends, before the interpreter exits.
 
-    A process that exits with its gloo process group alive aborts at random: gloo's worker
-    threads still hold their last work (tensors that Python objects refer to) while the
-    interpreter finalizes, and destroying them then ends in ``terminate called without an
-    active exception`` (SIGABRT), after training or testing had finished; the launcher
-    then reports the whole run as failed. mmengine's Runner never destroys the group, so the
-    tools do it here, on success, on an error and on preemption.
+    The body records its Runner on the :class:`BuiltOnTheGroup` it is given; what that
+    Runner built on the group (the DDP wrapper) is freed first, so that the group ends at
+    its teardown, while the interpreter is whole. A process that reached the interpreter's
+    finalization with its gloo group alive aborted at random (``terminate called without
+    an active exception``, SIGABRT) after training or testing had finished; the launcher
+    then reported the whole run as failed. mmengine's Runner never destroys the group, so
+    the tools do it here, on success, on an error and on preemption.
 
-    Where all processes end together (the body returned, or the preemption exit after its
-    barrier) the group is destroyed on every backend, after one barrier per gloo worker
-    thread (:func:`_flush_gloo_workers`). After an error only one process may
-    be failing while the others wait in a collective: there the group is destroyed only
-    when that is local to this process (gloo: it joins this process's own threads and
-    waits on no other process, so it cannot hang when a rank has gone); NCCL's abort of its
-    communicators must be collective and is left to the process's exit.
+    Where all processes end together (the body returned, or the preemption exit) the group
+    is destroyed on every backend. After an error only one process may be failing while
+    the others wait in a collective: there the group is destroyed only when that is local
+    to this process (gloo: it joins this process's own threads and waits on no other
+    process, so it cannot hang when a rank has gone); NCCL's abort of its communicators
+    must be collective and is left to the process's exit.
     """
     from .preemption import PREEMPTED_EXIT_CODE
+    built = BuiltOnTheGroup()
     try:
-        yield
+        yield built
     except BaseException as e:
         together = isinstance(e, SystemExit) and e.code == PREEMPTED_EXIT_CODE
-        if together:
-            _flush_gloo_workers()
+        built.release()
         destroy_process_group(only_if_local=not together)
         raise
-    _flush_gloo_workers()
+    built.release()
     destroy_process_group(only_if_local=False)
-
-
-# ProcessGroupGloo's default number of worker threads (torch 2.1 to 2.14)
-GLOO_WORKER_THREADS = 2
-
-
-def _flush_gloo_workers() -> None:
-    """Make tensor-free barriers the last work each gloo worker thread holds.
-
-    A worker thread keeps its last work item (with the tensors of that collective, which
-    Python objects refer to) until it wakes for the next one. Where the group is still
-    referenced after ``destroy_process_group`` it is torn down during interpreter
-    finalization, which wakes the workers: freeing those tensors then needs the GIL of a
-    finalizing interpreter, and the process aborts. One such holder is found and removed
-    (the top of this module), but the abort showed once more without this flush (a 2-process
-    Mask R-CNN training, torch 2.14.1, docs/cluster.md): kept. Barriers hold no tensors.
-    Only where all processes end together (a barrier waits for every rank)."""
-    import torch.distributed as dist
-    if _default_backend() == 'gloo':
-        for _ in range(GLOO_WORKER_THREADS):
-            dist.barrier()
 
 
 def destroy_process_group(only_if_local: bool) -> None:

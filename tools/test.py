@@ -33,11 +33,11 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     # the process group (started by the launcher's set-up) is destroyed before exit
-    with distributed.process_group_ends_with_the_run():
-        return _test(args)
+    with distributed.process_group_ends_with_the_run() as built:
+        return _test(args, built)
 
 
-def _test(args):
+def _test(args, built):
     swap = None  # mmseg's --out folder, moved into place after a complete test
     try:
         cfg = config.prepare_run(args, train=False)
@@ -54,7 +54,7 @@ def _test(args):
             raise LaunchError(f'--out must name a .pkl file, got {args.out}')
         preflight.check_datasets(cfg, ['test_dataloader'])
 
-        runner = build_runner(cfg)
+        runner = built.runner = build_runner(cfg)
         # outputs are written under temporary names and renamed once complete
         test_outputs.atomic_coco_results(runner)
         if args.out and cfg.default_scope == 'mmseg':

@@ -31,11 +31,11 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     # the process group (started by the launcher's set-up) is destroyed before exit
-    with distributed.process_group_ends_with_the_run():
-        return _train(args)
+    with distributed.process_group_ends_with_the_run() as built:
+        return _train(args, built)
 
 
-def _train(args):
+def _train(args, built):
     try:
         cfg = config.prepare_run(args, train=True)
         preemption.enable_preemption(cfg)  # SIGTERM/SIGUSR1: save, exit 75 (docs/cluster.md)
@@ -47,7 +47,7 @@ def _train(args):
         preflight.check_datasets(cfg, ['train_dataloader'] +
                                  (['val_dataloader'] if cfg.get('val_cfg') else []))
         preflight.check_pretrained(cfg, resuming=bool(cfg.get('resume')))
-        runner = build_runner(cfg)
+        runner = built.runner = build_runner(cfg)
         runner.train()
     except PaleError as e:
         sys.exit(f'train.py: error: {e.summary}')
