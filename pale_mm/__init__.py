@@ -8,8 +8,9 @@ from .version import check_mmcv
 
 check_mmcv()  # before anything imports mmcv's modules: one line naming the fix
 
-from . import compat, distributed, hooks  # noqa: F401,E402  (hooks: registers pale_mm's hooks;
-# distributed: before any process group exists, see pale_mm/distributed.py)
+from . import compat, engine  # noqa: F401,E402  (engine: registers pale_mm's hooks, loop, runner)
+from .launch import distributed  # noqa: F401,E402  (before any process group exists, see
+# pale_mm/launch/distributed.py)
 from .models import (ARCH_SETTINGS, PaleTransformer, pale_attention,  # noqa: E402
                      pale_attention_reference)
 from .registry import register_all  # noqa: E402

@@ -11,7 +11,7 @@ library's child scope finds them as well):
 """
 import importlib
 
-from .layer_decay import PaleLayerDecayOptimizerConstructor
+from .engine.optimizers import PaleLayerDecayOptimizerConstructor
 from .models import PaleTransformer
 
 _REGISTRIES = ('mmengine.registry', 'mmdet.registry', 'mmseg.registry', 'mmpretrain.registry')

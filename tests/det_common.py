@@ -21,7 +21,7 @@ _cache = {}
 def coco_data(tmp_path_factory):
     """The synthetic COCO dataset, written once per test session."""
     if 'coco' not in _cache:
-        from pale_mm.data.synthetic_coco import make_coco
+        from pale_mm.synthetic.coco import make_coco
         root = tmp_path_factory.mktemp('synthetic_coco')
         _cache['coco'] = make_coco(str(root), num_train=NUM_TRAIN, num_val=NUM_VAL,
                                    image_size=(HEIGHT, WIDTH), seed=0)
@@ -42,7 +42,7 @@ def tool(name):
 def data_options(info):
     """Point a configs/mask_rcnn config at the synthetic data, at its image size, with no
     worker processes (a few tiny images do not pay for them)."""
-    from pale_mm.data.synthetic_coco import cli_cfg_options
+    from pale_mm.synthetic.coco import cli_cfg_options
     scale = f'({WIDTH},{HEIGHT})'
     options = cli_cfg_options(info) + [
         f'train_dataloader.dataset.pipeline.2.scale={scale}',  # Resize (1333, 800)

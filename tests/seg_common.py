@@ -2,7 +2,7 @@
 the synthetic ADE20K data: the --cfg-options that shrink it to seconds per run."""
 import uuid
 
-from pale_mm.data.synthetic_ade import ade_cfg_options, format_cfg_options
+from pale_mm.synthetic.ade import ade_cfg_options, format_cfg_options
 
 
 def own_visualizer():

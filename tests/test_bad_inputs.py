@@ -22,8 +22,8 @@ from det_common import (LIGHT_HEADS, NO_VAL, ROOT, coco_data, data_options, tool
                         torch_threads_env, tree_digest, write_small_config)
 from seg_common import own_visualizer, small_seg_options
 
-from pale_mm.data.synthetic_ade import make_ade
-from pale_mm.data.synthetic_imagenet import imagenet_cfg_options, make_imagenet
+from pale_mm.synthetic.ade import make_ade
+from pale_mm.synthetic.imagenet import imagenet_cfg_options, make_imagenet
 
 ADE_CONFIG = osp.join(ROOT, 'configs/upernet/pale_t_ade20k.py')
 NUM_CLASSES = 4
@@ -296,7 +296,7 @@ def test_failed_test_keeps_coco_results(tmp_path_factory, tmp_path):
     from mmdet.registry import MODELS
     from mmengine.config import DictAction
 
-    from pale_mm.config import load_config
+    from pale_mm.launch.run_config import load_config
     info = coco_data(tmp_path_factory)
     config, options = _det_options(info, tmp_path)
     # a checkpoint of the very model the test builds (its classes are the data's)

@@ -9,8 +9,8 @@ import sys
 import pytest
 import torch
 
-from pale_mm.data.cfg_options import format_cfg_options
-from pale_mm.data.synthetic_imagenet import imagenet_cfg_options, make_imagenet
+from pale_mm.synthetic.cfg_options import format_cfg_options
+from pale_mm.synthetic.imagenet import imagenet_cfg_options, make_imagenet
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, osp.join(ROOT, 'tools'))
@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures('one_torch_thread')]
 
 
 def _config(variant, options=None):
-    from pale_mm.config import load_config
+    from pale_mm.launch.run_config import load_config
     return load_config(osp.join(ROOT, f'configs/imagenet/pale_{variant}_in1k.py'),
                               options)
 
@@ -123,7 +123,7 @@ def test_classification_checkpoint_loads_into_downstream_backbones(classifier_ch
     norms of stages 0-2, which the classifier has no use for."""
     import importlib
 
-    from pale_mm.config import load_config
+    from pale_mm.launch.run_config import load_config
     from pale_mm.checkpoint import safe_load
     cfg = load_config(osp.join(ROOT, config),
                              {'model.backbone.init_cfg.checkpoint': classifier_checkpoint})
@@ -148,7 +148,7 @@ def test_classification_checkpoint_of_another_size_is_refused(classifier_checkpo
     """A Pale-T classification checkpoint in a Pale-S detector: a clear refusal."""
     import importlib
 
-    from pale_mm.config import load_config
+    from pale_mm.launch.run_config import load_config
     cfg = load_config(osp.join(ROOT, 'configs/upernet/pale_s_ade20k.py'),
                              {'model.backbone.init_cfg.checkpoint': classifier_checkpoint})
     model = importlib.import_module('mmseg.registry').MODELS.build(cfg.model)

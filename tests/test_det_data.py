@@ -1,4 +1,4 @@
-"""pale_mm.data.synthetic_coco: a small COCO instance dataset that mmdet reads as is."""
+"""pale_mm.synthetic.coco: a small COCO instance dataset that mmdet reads as is."""
 import filecmp
 import json
 import os
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from det_common import HEIGHT, NUM_TRAIN, NUM_VAL, WIDTH, coco_data
 
-from pale_mm.data.synthetic_coco import (SHAPES, cli_cfg_options, make_coco,
+from pale_mm.synthetic.coco import (SHAPES, cli_cfg_options, make_coco,
                                          mmdet_cfg_options)
 
 

@@ -13,15 +13,16 @@ import os
 import os.path as osp
 import subprocess
 import sys
+import time
 
 import pytest
 import torch.distributed as dist
 from det_common import free_port, tool
 from seg_common import small_seg_options
 
-from pale_mm import distributed
-from pale_mm.data.synthetic_ade import make_ade
-from pale_mm.preemption import PREEMPTED_EXIT_CODE, TrainingPreempted
+from pale_mm.launch import distributed
+from pale_mm.synthetic.ade import make_ade
+from pale_mm.engine.hooks import PREEMPTED_EXIT_CODE, TrainingPreempted
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG = osp.join(ROOT, 'configs/upernet/pale_t_ade20k.py')
@@ -133,6 +134,16 @@ def gloo_threads() -> list:
     return sorted(name for name in names if 'gloo' in name)
 
 
+def gloo_threads_started(before: list) -> bool:
+    """Whether this process has more gloo threads than ``before``. A thread names itself
+    once it runs, which can be after ``init_process_group`` returned: waits for that (30 s
+    at most)."""
+    deadline = time.monotonic() + 30
+    while len(gloo_threads()) <= len(before) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return len(gloo_threads()) > len(before)
+
+
 def test_tools_destroy_the_process_group(ade, gloo_group, tmp_path):
     """tools/train.py and tools/test.py with --launcher pytorch end without a process group
     and without gloo's threads, after success and after an error the user can fix. The
@@ -144,7 +155,7 @@ def test_tools_destroy_the_process_group(ade, gloo_group, tmp_path):
     work_dir = str(tmp_path / 'work')
     options = small_seg_options(ade, 1, 6)
     dist.init_process_group('gloo')
-    assert len(gloo_threads()) > len(before)
+    assert gloo_threads_started(before)
     tool('train').main([CONFIG, '--launcher', 'pytorch', '--work-dir', work_dir,
                         '--cfg-options'] + options)
     assert not dist.is_initialized()

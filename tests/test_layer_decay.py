@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import pale_mm  # noqa: F401
-from pale_mm.layer_decay import LayerDecayConfigError, PaleLayerIds
+from pale_mm.engine.optimizers import LayerDecayConfigError, PaleLayerIds
 from pale_mm.models import PaleTransformer
 from pale_mm.swap import apply_swap, resolve_config
 

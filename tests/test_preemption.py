@@ -21,7 +21,7 @@ from test_resume_after_kill import (ROOT, assert_same_weights, det_run, kill_tre
                                     train_cmd, train_env, uninterrupted)
 
 from pale_mm.checkpoint import safe_load
-from pale_mm.preemption import PREEMPTED_EXIT_CODE
+from pale_mm.engine.hooks import PREEMPTED_EXIT_CODE
 
 # end to end through the tools: left out of `make test-quick`
 pytestmark = pytest.mark.slow
@@ -31,7 +31,7 @@ DRIVER = '''\
 import io, os, runpy, signal, sys, time
 sys.path.insert(0, {root!r})
 import torch
-from pale_mm.preemption import PreemptionHook
+from pale_mm.engine.hooks import PreemptionHook
 
 AT, HOW = int(os.environ['PREEMPT_AT']), os.environ['PREEMPT_HOW']
 after_train_iter = PreemptionHook.after_train_iter

@@ -170,7 +170,7 @@ def test_preflight_accepts_urls_and_refuses_unknown_schemes():
     from mmengine.config import ConfigDict
 
     from pale_mm.errors import PaleError
-    from pale_mm.preflight import check_pretrained
+    from pale_mm.launch.preflight import check_pretrained
 
     def model(checkpoint):
         return ConfigDict(model=dict(backbone=dict(

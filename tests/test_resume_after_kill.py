@@ -21,7 +21,7 @@ from det_common import (LIGHT_HEADS, NO_VAL, ROOT, coco_data, data_options, free
 from seg_common import small_seg_options
 
 from pale_mm.checkpoint import safe_load
-from pale_mm.data.synthetic_ade import make_ade
+from pale_mm.synthetic.ade import make_ade
 
 # end to end through the tools: left out of `make test-quick`
 pytestmark = pytest.mark.slow
@@ -198,7 +198,7 @@ def test_resume_with_another_number_of_processes_says_so(monkeypatch):
     state is taken over."""
     from types import SimpleNamespace
 
-    import pale_mm.hooks as hooks
+    import pale_mm.engine.hooks.exact_resume_hook as hooks
     logged = []
     monkeypatch.setattr(hooks, 'print_log', lambda msg, **kwargs: logged.append(msg))
     hook = hooks.ExactResumeHook()
@@ -236,7 +236,7 @@ save_checkpoint({'state_dict': {'w': torch.full((1000,), 2.0)}}, path)
 
 
 def test_kill_while_saving_keeps_the_previous_checkpoint(tmp_path):
-    from pale_mm.work_dir import find_resume_checkpoint
+    from pale_mm.launch.work_dir import find_resume_checkpoint
     work_dir = tmp_path / 'work'
     work_dir.mkdir()
     path = work_dir / 'epoch_1.pth'
@@ -264,7 +264,7 @@ def test_kill_while_saving_keeps_the_previous_checkpoint(tmp_path):
 def test_resume_skips_an_incomplete_checkpoint(tmp_path):
     """A truncated newest checkpoint (copied over incompletely, or written by a tool without
     atomic saves) is passed over for the newest complete one."""
-    from pale_mm.work_dir import find_resume_checkpoint
+    from pale_mm.launch.work_dir import find_resume_checkpoint
     good, bad = tmp_path / 'iter_4.pth', tmp_path / 'iter_8.pth'
     torch.save({'state_dict': {'w': torch.ones(1000)}}, good)
     torch.save({'state_dict': {'w': torch.ones(1000)}}, bad)

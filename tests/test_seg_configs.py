@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from pale_mm.data.synthetic_ade import make_ade
+from pale_mm.synthetic.ade import make_ade
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, osp.join(ROOT, 'tools'))
@@ -26,7 +26,7 @@ CONFIGS = {
 
 
 def _load(arch, options=None):
-    from pale_mm.config import load_config
+    from pale_mm.launch.run_config import load_config
     return load_config(osp.join(ROOT, CONFIGS[arch][0]), options)
 
 
@@ -130,7 +130,7 @@ def test_tta_views_follow_the_paper_protocol(ade):
     """--tta: 6 scales x 2 flips of each image, scaled from the 2048x512 test size."""
     from mmengine.registry import init_default_scope
     from mmseg.registry import DATASETS
-    from pale_mm.config import enable_tta
+    from pale_mm.launch.run_config import enable_tta
     cfg = _load('tiny', {'test_dataloader.dataset.data_root': ade['root']})
     enable_tta(cfg)
     assert cfg.model.type == 'SegTTAModel' and cfg.model.module.type == 'EncoderDecoder'

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pale_mm.data.synthetic_ade import (ADE_FIRST_CLASSES, ade_cfg_options,
+from pale_mm.synthetic.ade import (ADE_FIRST_CLASSES, ade_cfg_options,
                                         format_cfg_options, make_ade)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

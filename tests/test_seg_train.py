@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from pale_mm.data.synthetic_ade import ade_cfg_options, format_cfg_options, make_ade
+from pale_mm.synthetic.ade import ade_cfg_options, format_cfg_options, make_ade
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, osp.join(ROOT, 'tools'))

@@ -41,7 +41,7 @@ def parse_args(argv=None):
 
 def ensure_data(root):
     """The dataset of DATA under ``root``: written once, reused while it matches."""
-    from pale_mm.data.synthetic_ade import make_ade
+    from pale_mm.synthetic.ade import make_ade
     stamp = osp.join(root, 'synthetic_ade.json')
     if osp.isfile(stamp):
         with open(stamp) as f:
@@ -113,7 +113,7 @@ def main(argv=None):
     args = parse_args(argv)
     import train as train_tool
 
-    from pale_mm.work_dir import checkpoints_in
+    from pale_mm.launch.work_dir import checkpoints_in
     info = ensure_data(args.data_root)
     options = [f'train_dataloader.dataset.data_root={args.data_root}',
                f'val_dataloader.dataset.data_root={args.data_root}',

@@ -49,7 +49,7 @@ def _model_from_config(args):
     import torch
     from mmengine.config import DictAction  # noqa: F401
 
-    from pale_mm.config import load_config
+    from pale_mm.launch.run_config import load_config
     options = None
     if args.cfg_options:
         parser = argparse.ArgumentParser()

@@ -40,22 +40,22 @@ def main(argv=None):
     args = parse_args(argv)
     common = dict(num_train=args.num_train, num_val=args.num_val, image_size=tuple(args.size),
                   seed=args.seed)
-    from pale_mm.data.cfg_options import format_cfg_options
+    from pale_mm.synthetic.cfg_options import format_cfg_options
     try:
         if args.layout == 'coco':
-            from pale_mm.data.synthetic_coco import cli_cfg_options, make_coco
+            from pale_mm.synthetic.coco import cli_cfg_options, make_coco
             if args.classes:
                 common['classes'] = args.classes
             info = make_coco(args.root, **common)
             options = cli_cfg_options(info)
             config = 'configs/mask_rcnn/pale_t_coco_1x.py'
         elif args.layout == 'ade':
-            from pale_mm.data.synthetic_ade import ade_cfg_options, make_ade
+            from pale_mm.synthetic.ade import ade_cfg_options, make_ade
             info = make_ade(args.root, num_classes=args.num_classes, **common)
             options = format_cfg_options(ade_cfg_options(info))
             config = 'configs/upernet/pale_t_ade20k.py'
         else:
-            from pale_mm.data.synthetic_imagenet import imagenet_cfg_options, make_imagenet
+            from pale_mm.synthetic.imagenet import imagenet_cfg_options, make_imagenet
             info = make_imagenet(args.root, num_classes=args.num_classes, **common)
             options = format_cfg_options(imagenet_cfg_options(info)) + [
                 # 2 epochs: 1 of warm-up, 1 of cosine decay

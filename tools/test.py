@@ -9,9 +9,9 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from pale_mm import config, distributed, preflight, test_outputs  # noqa: E402
+from pale_mm.launch import distributed, preflight, result_files, run_config  # noqa: E402
 from pale_mm.errors import LaunchError, PaleError  # noqa: E402
-from pale_mm.runner import build_runner  # noqa: E402
+from pale_mm.engine.runner import build_runner  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -26,7 +26,7 @@ def parse_args(argv=None):
     parser.add_argument('--wait-time', type=float, default=2, help='seconds per --show image')
     parser.add_argument('--tta', action='store_true',
                         help="test-time augmentation (the config's tta_model / tta_pipeline)")
-    config.add_run_arguments(parser)
+    run_config.add_run_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -40,13 +40,13 @@ def main(argv=None):
 def _test(args, built):
     swap = None  # mmseg's --out folder, moved into place after a complete test
     try:
-        cfg = config.prepare_run(args, train=False)
+        cfg = run_config.prepare_run(args, train=False)
         preflight.check_file(args.checkpoint, 'checkpoint')
         cfg.load_from = args.checkpoint
         if args.show or args.show_dir:
-            config.enable_visualization(cfg, args.show, args.show_dir, args.wait_time)
+            run_config.enable_visualization(cfg, args.show, args.show_dir, args.wait_time)
         if args.tta:
-            config.enable_tta(cfg)
+            run_config.enable_tta(cfg)
         if args.out and cfg.default_scope == 'mmseg':
             cfg.test_evaluator['output_dir'] = args.out
             cfg.test_evaluator['keep_results'] = True
@@ -56,12 +56,12 @@ def _test(args, built):
 
         runner = built.runner = build_runner(cfg)
         # outputs are written under temporary names and renamed once complete
-        test_outputs.atomic_coco_results(runner)
+        result_files.atomic_coco_results(runner)
         if args.out and cfg.default_scope == 'mmseg':
-            swap = test_outputs.seg_output_dir_swap(runner, args.out)
+            swap = result_files.seg_output_dir_swap(runner, args.out)
         elif args.out:
             runner.test_evaluator.metrics.append(
-                test_outputs.dump_metric(cfg.default_scope, args.out))
+                result_files.dump_metric(cfg.default_scope, args.out))
         metrics = runner.test()
     except PaleError as e:
         if swap is not None:

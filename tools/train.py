@@ -9,9 +9,9 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from pale_mm import config, distributed, preemption, preflight, work_dir  # noqa: E402
+from pale_mm.launch import distributed, preflight, run_config, work_dir  # noqa: E402
 from pale_mm.errors import PaleError  # noqa: E402
-from pale_mm.runner import build_runner  # noqa: E402
+from pale_mm.engine.runner import build_runner  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -24,7 +24,7 @@ def parse_args(argv=None):
     parser.add_argument('--resume', nargs='?', type=str, const='auto',
                         help='resume from this checkpoint, or (no value) from the latest '
                         'checkpoint in the work dir')
-    config.add_run_arguments(parser)
+    run_config.add_run_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -37,12 +37,12 @@ def main(argv=None):
 
 def _train(args, built):
     try:
-        cfg = config.prepare_run(args, train=True)
-        preemption.enable_preemption(cfg)  # SIGTERM/SIGUSR1: save, exit 75 (docs/cluster.md)
+        cfg = run_config.prepare_run(args, train=True)
+        run_config.enable_preemption(cfg)  # SIGTERM/SIGUSR1: save, exit 75 (docs/cluster.md)
         if args.amp:
-            config.enable_amp(cfg)
+            run_config.enable_amp(cfg)
         if args.auto_scale_lr:
-            config.enable_auto_scale_lr(cfg)
+            run_config.enable_auto_scale_lr(cfg)
         work_dir.apply_resume_option(cfg, args.resume)
         preflight.check_datasets(cfg, ['train_dataloader'] +
                                  (['val_dataloader'] if cfg.get('val_cfg') else []))

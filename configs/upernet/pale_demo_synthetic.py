@@ -5,7 +5,7 @@
 _base_ = ['./pale_t_ade20k.py']
 
 data_root = 'data/synthetic_ade'
-# the synthetic classes are named after ADE20K's first ones (pale_mm/data/synthetic_ade.py)
+# the synthetic classes are named after ADE20K's first ones (pale_mm/synthetic/ade.py)
 classes = ('wall', 'building', 'sky', 'floor', 'tree', 'ceiling')
 image_size = (96, 96)  # H, W of the synthetic images
 crop_size = image_size

@@ -7,7 +7,7 @@ Two kinds:
   images listed in an annotation file (or in an mmpretrain ``meta/*.txt`` list) that are
   missing on disk; segmentation images without their label map.
 * while a run reads its samples (:class:`CheckedPipeline`, installed by
-  :class:`pale_mm.hooks.DataCheckHook`): a file that disappeared or cannot be decoded, and
+  :class:`pale_mm.engine.hooks.DataCheckHook`): a file that disappeared or cannot be decoded, and
   label maps holding values outside the dataset's classes (which would otherwise surface as
   an index error deep inside the loss).
 

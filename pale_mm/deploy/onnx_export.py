@@ -34,7 +34,7 @@ from torch import Tensor
 
 from ..checkpoint import (check_checkpoint_fits, extract_state_dict, match_state_dict,
                           safe_load, strip_ddp_prefix)
-from ..config import load_config
+from ..launch.run_config import load_config
 from ..fileio import written_atomically
 from .onnx_runtime import METADATA_KEY, DeployError, OnnxModel, require
 

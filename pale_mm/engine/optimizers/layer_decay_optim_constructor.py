@@ -43,7 +43,7 @@ import torch.nn as nn
 from mmengine.logging import print_log
 from mmengine.optim import DefaultOptimWrapperConstructor
 
-from .errors import PaleError
+from ...errors import PaleError
 
 DECAY_TYPES = ('layer_wise', 'stage_wise')
 OPTIONS = ('decay_rate', 'decay_type', 'num_layers')
@@ -56,7 +56,7 @@ class LayerDecayConfigError(PaleError, ValueError):
 def _pale_backbone(model: nn.Module):
     """(backbone, prefix of its parameter names) of ``model``: its ``backbone`` attribute,
     or the model itself when it is a PaleTransformer."""
-    from .models import PaleTransformer
+    from ...models import PaleTransformer
     if isinstance(model, PaleTransformer):
         return model, ''
     backbone = getattr(model, 'backbone', None)

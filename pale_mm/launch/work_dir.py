@@ -5,7 +5,7 @@ import sys
 import warnings
 from typing import Optional
 
-from .errors import LaunchError
+from ..errors import LaunchError
 
 CHECKPOINT_PATTERNS = ('epoch_*.pth', 'iter_*.pth')
 
@@ -39,8 +39,8 @@ def find_resume_checkpoint(work_dir: str) -> Optional[str]:
     """
     from mmengine.runner import find_latest_checkpoint
 
-    from .checkpoint import checkpoint_problem
-    from .fileio import remove_stale_tmp_files
+    from ..checkpoint import checkpoint_problem
+    from ..fileio import remove_stale_tmp_files
     if not osp.isdir(work_dir):
         return None
     for path in remove_stale_tmp_files(work_dir):

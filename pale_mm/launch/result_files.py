@@ -13,7 +13,7 @@ def dump_metric(scope: str, out_file: str):
     else:
         from mmengine.evaluator import DumpResults as base
 
-    from .fileio import written_atomically
+    from ..fileio import written_atomically
 
     class AtomicDump(base):
         def compute_metrics(self, results):
@@ -31,7 +31,7 @@ def dump_metric(scope: str, out_file: str):
 def atomic_coco_results(runner) -> None:
     """mmdet's CocoMetric writes its result files (``outfile_prefix``.bbox.json, .segm.json)
     in place; here into temporary names, renamed once each file is complete."""
-    from .fileio import tmp_path_beside
+    from ..fileio import tmp_path_beside
     for metric in getattr(runner.test_evaluator, 'metrics', []):
         if not hasattr(metric, 'results2json') or getattr(metric, '_pale_atomic', False):
             continue

@@ -12,7 +12,6 @@ sends before a job's time is up) finishes its iteration, writes a checkpoint and
 processes and return the code; ``slurm_train.sh`` requeues the job with it, and the requeued
 job continues with ``--resume``. See ``docs/cluster.md``.
 """
-import functools
 import logging
 import os
 import os.path as osp
@@ -24,10 +23,11 @@ from mmengine.dist import all_reduce, barrier, get_comm_device, get_world_size, 
     is_main_process
 from mmengine.hooks import CheckpointHook, Hook
 from mmengine.logging import print_log
-from mmengine.registry import HOOKS, LOOPS
-from mmengine.runner import EpochBasedTrainLoop, IterBasedTrainLoop
+from mmengine.registry import HOOKS
+from mmengine.runner import IterBasedTrainLoop
 
-from .fileio import atomic_write
+from ...fileio import atomic_write
+from ..runner.resumable_epoch_loop import ResumableEpochBasedTrainLoop
 
 # sysexits.h's EX_TEMPFAIL: a temporary failure, the same command will work later
 PREEMPTED_EXIT_CODE = 75
@@ -51,12 +51,12 @@ class PreemptionHook(Hook):
 
     A handler only notes the signal; further signals (a second one during the save, or the
     same one passed on by the launcher) change nothing. Data loader workers ignore them
-    (:func:`workers_leave_signals_to_training`, applied by :mod:`pale_mm.runner`).
+    (:func:`workers_leave_signals_to_training`, applied by :mod:`pale_mm.engine.runner`).
 
     After every training iteration the processes agree (one all-reduce of a flag) whether
     any of them was signalled, so that all stop after the same iteration, then write
     ``iter_<n>.pth`` (rank 0 writes; every process's random state goes in through
-    :class:`pale_mm.hooks.ExactResumeHook`) and ``last_checkpoint``, wait for each other
+    :class:`pale_mm.engine.hooks.ExactResumeHook`) and ``last_checkpoint``, wait for each other
     and exit with :data:`PREEMPTED_EXIT_CODE`. An epoch-based run stopped at its epoch's
     last iteration saves ``epoch_<n>.pth`` at the end of the epoch instead; so does any
     epoch-based loop that cannot continue mid-epoch (only
@@ -143,66 +143,3 @@ class PreemptionHook(Hook):
         print_log(f'saved {path}; exiting with code {PREEMPTED_EXIT_CODE} (preempted: run '
                   'again with --resume)', logger='current', level=logging.WARNING)
         raise TrainingPreempted(path)
-
-
-def workers_leave_signals_to_training(loader) -> None:
-    """Data loader workers run in a process group of their own: torchrun sends SIGTERM to a
-    training process's whole group, and a worker killed by it fails the training process at
-    once ("DataLoader worker is killed by signal") instead of letting it save. The training
-    process still stops its workers itself. (Ignoring the signal in the workers instead would
-    hang the exit: Python's multiprocessing ends daemon workers with SIGTERM and waits.)"""
-    if loader.num_workers > 0:
-        loader.worker_init_fn = functools.partial(_own_process_group_then,
-                                                  loader.worker_init_fn)
-
-
-def _own_process_group_then(worker_init_fn, worker_id: int) -> None:
-    os.setpgid(0, 0)
-    if worker_init_fn is not None:
-        worker_init_fn(worker_id)
-
-
-@LOOPS.register_module()
-class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
-    """mmengine's ``EpochBasedTrainLoop``, able to continue from a checkpoint written in the
-    middle of an epoch (by :class:`PreemptionHook`, or by a ``CheckpointHook`` with
-    ``by_epoch=False``): the batches of that epoch already trained are read again and
-    skipped, as mmengine's ``IterBasedTrainLoop`` does when it resumes, so that the data
-    pipeline's random draws replay. mmengine's own loop would train the whole epoch again.
-    All epochs have ``len(dataloader)`` batches (as mmengine's schedulers also assume)."""
-
-    # Batches of the current epoch trained so far; a checkpoint written in the middle of an
-    # epoch carries it (meta['batches_into_epoch'], by PreemptionHook), one written at the
-    # end of an epoch does not (0).
-    batches_into_epoch = 0
-
-    def run_epoch(self) -> None:
-        self.runner.call_hook('before_train_epoch')
-        self.runner.model.train()
-        trained, self.batches_into_epoch = self.batches_into_epoch, 0
-        if trained > 0:
-            print_log(f'skipping the {trained} batches of epoch {self._epoch + 1} trained '
-                      'before the checkpoint', logger='current')
-        for idx, data_batch in enumerate(self.dataloader):
-            if idx >= trained:
-                self.batches_into_epoch = idx + 1  # as a save in after_train_iter sees it
-                self.run_iter(idx, data_batch)
-        self.batches_into_epoch = 0
-        self.runner.call_hook('after_train_epoch')
-        self._epoch += 1
-
-
-def enable_preemption(cfg) -> None:
-    """Add :class:`PreemptionHook` to a training config and let an epoch-based loop
-    continue mid-epoch (:class:`ResumableEpochBasedTrainLoop`)."""
-    hooks = list(cfg.get('custom_hooks') or [])
-    if not any(isinstance(h, dict) and str(h.get('type', '')).endswith('PreemptionHook')
-               for h in hooks):
-        hooks.append(dict(type='PreemptionHook'))
-    cfg.custom_hooks = hooks
-    loop = cfg.get('train_cfg')
-    if loop is not None and loop.get('type', 'EpochBasedTrainLoop' if loop.get('by_epoch')
-                                     else None) in ('EpochBasedTrainLoop',
-                                                    'mmengine.EpochBasedTrainLoop'):
-        loop.pop('by_epoch', None)
-        loop['type'] = 'ResumableEpochBasedTrainLoop'

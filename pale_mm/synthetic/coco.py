@@ -14,7 +14,7 @@ an mmdet COCO instance config (``mmdet::_base_/datasets/coco_instance.py`` and t
 in ``configs/mask_rcnn``) at it, and :func:`cli_cfg_options` the same as ``--cfg-options``
 arguments::
 
-    from pale_mm.data.synthetic_coco import make_coco, cli_cfg_options
+    from pale_mm.synthetic.coco import make_coco, cli_cfg_options
     info = make_coco('data/synthetic_coco', image_size=(128, 160))
     # python tools/train.py configs/mask_rcnn/pale_t_coco_1x.py --cfg-options \\
     #     <cli_cfg_options(info)> model.backbone.init_cfg=None

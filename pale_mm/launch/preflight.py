@@ -3,8 +3,8 @@ failing at once with a message that names the path, the config key and the fix."
 import os.path as osp
 import warnings
 
-from .checkpoint import is_url
-from .errors import LaunchError, PaleError
+from ..checkpoint import is_url
+from ..errors import LaunchError, PaleError
 
 LAYOUT_HINTS = {
     'CocoDataset': ('data/coco/annotations/instances_{train,val}2017.json and the images in '
@@ -29,7 +29,7 @@ def _innermost_datasets(dataset_cfg):
 def check_datasets(cfg, loaders) -> None:
     """Fail at once, naming the missing path, the expected layout and the option to change,
     or what is wrong inside the annotation files (:mod:`pale_mm.data.checks`)."""
-    from .data.checks import DataError, check_dataset_files
+    from ..data.checks import DataError, check_dataset_files
     for loader in loaders:
         loader_cfg = cfg.get(loader)
         if not loader_cfg or 'dataset' not in loader_cfg:
@@ -100,7 +100,7 @@ def check_pretrained(cfg, resuming: bool) -> None:
     When resuming or loading whole-model weights (``load_from``), the pretrained weights
     are overwritten anyway: a missing file is then skipped with a warning instead.
     """
-    from .checkpoint import resolve_checkpoint_url
+    from ..checkpoint import resolve_checkpoint_url
     for key, path in list(_pretrained_checkpoints(cfg.model)):
         if is_url(path):  # a URL: its scheme and model-zoo name, without the network
             try:
@@ -134,7 +134,7 @@ def check_file(path: str, what: str) -> None:
     """A local checkpoint must exist and be whole (cut short, damaged, a record missing, a
     directory...: :func:`pale_mm.checkpoint.check_checkpoint_file`) before anything is built;
     a trial load with the tensors mapped from the file, not read, costs little."""
-    from .checkpoint import check_checkpoint_file
+    from ..checkpoint import check_checkpoint_file
     if is_url(path):
         return
     if not osp.exists(path):

@@ -8,8 +8,9 @@ import os.path as osp
 from typing import Optional
 
 import torch
+from mmengine.logging import print_log
 
-from .errors import LaunchError
+from ..errors import LaunchError
 
 SCOPES = ('mmdet', 'mmseg', 'mmpretrain')
 
@@ -50,9 +51,8 @@ def add_run_arguments(parser) -> None:
 
 def prepare_run(args, train: bool):
     """Config of ``args.config`` with ``--cfg-options``, launcher and work dir applied, its
-    backbone arguments checked and pale_mm's hooks added (:mod:`pale_mm.hooks`)."""
+    backbone arguments checked and pale_mm's hooks added (:mod:`pale_mm.engine.hooks`)."""
     from .distributed import setup_distributed
-    from .hooks import add_run_hooks
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     cfg = load_config(args.config, args.cfg_options)
     check_model(cfg)
@@ -66,7 +66,7 @@ def prepare_run(args, train: bool):
 def check_model(cfg) -> None:
     """Every ``PaleTransformer`` in the model config gets its arguments checked before
     anything is built or written (misspelt names, out_indices out of range, ...)."""
-    from .models.pale_transformer import PaleConfigError, check_config
+    from ..models.pale_transformer import PaleConfigError, check_config
 
     def walk(node, key):
         if isinstance(node, dict):
@@ -139,3 +139,35 @@ def enable_tta(cfg) -> None:
     while 'dataset' in dataset:
         dataset = dataset['dataset']
     dataset.pipeline = cfg.tta_pipeline
+
+
+def add_run_hooks(cfg, train: bool) -> None:
+    """Put :class:`DataCheckHook`, :class:`pale_mm.engine.hooks.CheckpointFitHook` (and for
+    training :class:`ExactResumeHook`) into ``cfg.custom_hooks`` unless the config has them
+    already."""
+    hooks = list(cfg.get('custom_hooks') or [])
+    have = {h.get('type') for h in hooks if isinstance(h, dict)}
+    wanted = ['DataCheckHook', 'CheckpointFitHook'] + (['ExactResumeHook'] if train else [])
+    for name in wanted:
+        if name not in have and f'pale_mm.{name}' not in have:
+            hooks.append(dict(type=name))
+    cfg.custom_hooks = hooks
+    print_log(f'pale_mm hooks: {", ".join(wanted)}', logger='current', level=10)
+
+
+
+def enable_preemption(cfg) -> None:
+    """Add :class:`PreemptionHook` to a training config and let an epoch-based loop
+    continue mid-epoch (:class:`ResumableEpochBasedTrainLoop`)."""
+    hooks = list(cfg.get('custom_hooks') or [])
+    if not any(isinstance(h, dict) and str(h.get('type', '')).endswith('PreemptionHook')
+               for h in hooks):
+        hooks.append(dict(type='PreemptionHook'))
+    cfg.custom_hooks = hooks
+    loop = cfg.get('train_cfg')
+    if loop is not None and loop.get('type', 'EpochBasedTrainLoop' if loop.get('by_epoch')
+                                     else None) in ('EpochBasedTrainLoop',
+                                                    'mmengine.EpochBasedTrainLoop'):
+        loop.pop('by_epoch', None)
+        loop['type'] = 'ResumableEpochBasedTrainLoop'
+

@@ -7,7 +7,7 @@ import warnings
 
 import torch
 
-from .errors import LaunchError
+from ..errors import LaunchError
 
 # torch.distributed.nn.functional's ten collectives take ``group=group.WORLD`` as a default
 # argument, evaluated when the module is first imported. On torch 2.14 constructing DDP
@@ -110,7 +110,7 @@ def process_group_ends_with_the_run():
     process, so it cannot hang when a rank has gone); NCCL's abort of its communicators
     must be collective and is left to the process's exit.
     """
-    from .preemption import PREEMPTED_EXIT_CODE
+    from ..engine.hooks import PREEMPTED_EXIT_CODE
     built = BuiltOnTheGroup()
     try:
         yield built

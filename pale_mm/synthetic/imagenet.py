@@ -20,7 +20,7 @@ from typing import Dict, Optional
 import cv2
 import numpy as np
 
-from .synthetic_ade import PATTERNS, _pattern
+from .ade import PATTERNS, _pattern
 
 SPLITS = ('train', 'val')
 MAX_CLASSES = 2 * len(PATTERNS)  # each pattern in two hue families

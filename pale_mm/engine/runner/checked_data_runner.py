@@ -1,10 +1,12 @@
 """mmengine's Runner for pale_mm's tools: data loaders read their samples through
 :class:`pale_mm.data.checks.CheckedPipeline`, so a broken file or label names itself."""
+import functools
+import os
+
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from .hooks import wrap_dataset_pipelines
-from .preemption import workers_leave_signals_to_training
+from ..hooks.data_check_hook import wrap_dataset_pipelines
 
 
 class CheckedDataRunner(Runner):
@@ -31,3 +33,20 @@ def build_runner(cfg) -> Runner:
     if 'runner_type' in cfg:
         return RUNNERS.build(cfg)
     return CheckedDataRunner.from_cfg(cfg)
+
+
+def workers_leave_signals_to_training(loader) -> None:
+    """Data loader workers run in a process group of their own: torchrun sends SIGTERM to a
+    training process's whole group, and a worker killed by it fails the training process at
+    once ("DataLoader worker is killed by signal") instead of letting it save. The training
+    process still stops its workers itself. (Ignoring the signal in the workers instead would
+    hang the exit: Python's multiprocessing ends daemon workers with SIGTERM and waits.)"""
+    if loader.num_workers > 0:
+        loader.worker_init_fn = functools.partial(_own_process_group_then,
+                                                  loader.worker_init_fn)
+
+
+def _own_process_group_then(worker_init_fn, worker_id: int) -> None:
+    os.setpgid(0, 0)
+    if worker_init_fn is not None:
+        worker_init_fn(worker_id)

@@ -1,17 +1,5 @@
-"""mmengine hooks that ``tools/train.py`` and ``tools/test.py`` add to every run.
-
-* :class:`ExactResumeHook` -- a run resumed from a checkpoint continues with the random
-  state the interrupted run had there, on every process, so that it ends with the same
-  weights.
-* :class:`DataCheckHook` -- every sample is read through
-  :class:`pale_mm.data.checks.CheckedPipeline`: a broken file or an out-of-range label names
-  itself instead of failing deep inside torch.
-* :class:`pale_mm.preemption.PreemptionHook` (training) -- SIGTERM/SIGUSR1 save a checkpoint
-  and stop the run with exit code 75; imported here so that ``import pale_mm`` registers it.
-
-They are registered in mmengine's root ``HOOKS`` registry (every scope finds them) and can be
-put into any config's ``custom_hooks`` as well.
-"""
+"""ExactResumeHook: a run resumed from a checkpoint continues with the random state the
+interrupted run had there, on every process, so that it ends with the same weights."""
 import functools
 import logging
 import random
@@ -23,9 +11,6 @@ from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.registry import HOOKS
 from mmengine.runner import IterBasedTrainLoop
-
-from . import preemption  # noqa: F401  (registers PreemptionHook and its train loop)
-from .data.checks import CheckedPipeline, DataError
 
 
 def _rng_state(full: bool) -> dict:
@@ -161,96 +146,3 @@ class ExactResumeHook(Hook):
 def _not_exact(reason: str) -> None:
     print_log(f'ExactResumeHook: {reason}. Training continues, but not with the random '
               'draws of the interrupted run.', logger='current', level=logging.WARNING)
-
-
-def _leaf_datasets(dataset):
-    """The datasets under mmengine's wrappers (ConcatDataset, RepeatDataset, ...)."""
-    if hasattr(dataset, 'datasets'):
-        for d in dataset.datasets:
-            yield from _leaf_datasets(d)
-    elif hasattr(dataset, 'dataset') and not hasattr(dataset, 'pipeline'):
-        yield from _leaf_datasets(dataset.dataset)
-    else:
-        yield dataset
-
-
-def _seg_classes(dataset):
-    """(num_classes, ignore_index) of an mmseg dataset, else (None, 255)."""
-    try:
-        from mmseg.datasets import BaseSegDataset
-    except ImportError:  # pragma: no cover
-        return None, 255
-    if isinstance(dataset, BaseSegDataset):
-        return len(dataset.metainfo.get('classes') or ()), getattr(dataset, 'ignore_index', 255)
-    return None, 255
-
-
-def wrap_dataset_pipelines(dataset) -> None:
-    """Read the samples of ``dataset`` (and of the datasets it wraps) through
-    :class:`CheckedPipeline`; label maps of mmseg datasets are held to their classes."""
-    for leaf in _leaf_datasets(dataset):
-        pipeline = getattr(leaf, 'pipeline', None)
-        if pipeline is None or isinstance(pipeline, CheckedPipeline):
-            continue
-        num_classes, ignore_index = _seg_classes(leaf)
-        leaf.pipeline = CheckedPipeline(pipeline, num_classes, ignore_index)
-
-
-@HOOKS.register_module()
-class DataCheckHook(Hook):
-    """Read every sample through :class:`CheckedPipeline` (train, val and test), and check
-    that a segmentor's heads have as many classes as its training data.
-
-    ``tools/train.py`` and ``tools/test.py`` wrap the pipelines as each data loader is built
-    (:func:`pale_mm.runner.build_runner`), before any worker process starts. In a config run
-    by other tools this hook wraps them when training, validation or testing begins, which
-    is too late for worker processes an iteration-based loop has already started.
-    """
-
-    priority = 'VERY_HIGH'
-
-    def before_train(self, runner) -> None:
-        wrap_dataset_pipelines(runner.train_dataloader.dataset)
-        self._check_heads(runner)
-
-    def before_val(self, runner) -> None:
-        wrap_dataset_pipelines(runner.val_dataloader.dataset)
-
-    def before_test(self, runner) -> None:
-        wrap_dataset_pipelines(runner.test_dataloader.dataset)
-
-    @staticmethod
-    def _check_heads(runner) -> None:
-        model = runner.model.module if hasattr(runner.model, 'module') else runner.model
-        for dataset in _leaf_datasets(runner.train_dataloader.dataset):
-            num_classes, _ = _seg_classes(dataset)
-            if not num_classes:
-                continue
-            for name in ('decode_head', 'auxiliary_head'):
-                heads = getattr(model, name, None)
-                for i, head in enumerate(heads if isinstance(heads, torch.nn.ModuleList)
-                                         else [heads]):
-                    n = getattr(head, 'num_classes', None)
-                    if n is not None and n != num_classes:
-                        key = f'model.{name}' + (f'.{i}' if isinstance(
-                            heads, torch.nn.ModuleList) else '')
-                        raise DataError(
-                            f'the training data has {num_classes} classes '
-                            f'(train_dataloader.dataset.metainfo.classes) but {key}.num_classes '
-                            f'is {n}; set {key}.num_classes={num_classes} (or the classes of '
-                            'the dataset) so that they agree')
-            return
-
-
-def add_run_hooks(cfg, train: bool) -> None:
-    """Put :class:`DataCheckHook`, :class:`pale_mm.checkpoint.CheckpointFitHook` (and for
-    training :class:`ExactResumeHook`) into ``cfg.custom_hooks`` unless the config has them
-    already."""
-    hooks = list(cfg.get('custom_hooks') or [])
-    have = {h.get('type') for h in hooks if isinstance(h, dict)}
-    wanted = ['DataCheckHook', 'CheckpointFitHook'] + (['ExactResumeHook'] if train else [])
-    for name in wanted:
-        if name not in have and f'pale_mm.{name}' not in have:
-            hooks.append(dict(type=name))
-    cfg.custom_hooks = hooks
-    print_log(f'pale_mm hooks: {", ".join(wanted)}', logger='current', level=10)
