@@ -1,5 +1,9 @@
+import functools
+import http.server
 import os
 import sys
+import threading
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -69,3 +73,49 @@ def optimizer_settings_of_each_parameter(model, optim_wrapper_cfg):
     names = {id(p): n for n, p in model.named_parameters()}
     return {names[id(p)]: {k: v for k, v in group.items() if k != 'params'}
             for group in wrapper.optimizer.param_groups for p in group['params']}
+
+
+class _WeightsRequests(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder without logging; records the paths asked for; answers ``*/login.pth``
+    with an HTML page, as a proxy's login page comes instead of the file."""
+    requests = None  # a list per server
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        self.requests.append(self.path)
+        if self.path.endswith('/login.pth'):
+            body = b'<!DOCTYPE html><html>sign in</html>'
+            self.send_response(200)
+            self.send_header('Content-Length', str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        super().do_GET()
+
+
+@pytest.fixture
+def weights_server(tmp_path, monkeypatch):
+    """An HTTP server on 127.0.0.1 for checkpoints named by URL: ``.root`` (tmp_path/www, the
+    folder it serves), ``.url`` (its base URL), ``.requests`` (the paths asked for). torch's
+    and mmengine's download caches go into tmp_path (also for the test's subprocesses). Stops
+    after the test, or by itself after 10 minutes."""
+    root = tmp_path / 'www'
+    root.mkdir()
+    requests = []
+    handler = type('Handler', (_WeightsRequests,), dict(requests=requests))
+    httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0),
+                                            functools.partial(handler, directory=str(root)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    stopper = threading.Timer(600, httpd.shutdown)
+    stopper.start()
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
+    monkeypatch.setenv('MMENGINE_HOME', str(tmp_path / 'mmengine_home'))
+    yield SimpleNamespace(root=root, url=f'http://127.0.0.1:{httpd.server_address[1]}',
+                          requests=requests)
+    stopper.cancel()
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(5)

@@ -86,36 +86,14 @@ def ade(tmp_path_factory):
                     image_size=(64, 64), seed=0, num_classes=5)
 
 
-GROUP_AFTER_DDP = r"""
-import gc, os, sys
-import pale_mm  # as the tools and configs' custom_imports do: before any process group
-import torch, torch.distributed as dist
-def threads():
-    return len(os.listdir('/proc/self/task'))
-os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=sys.argv[1], RANK='0', WORLD_SIZE='1')
-before = threads()
-dist.init_process_group('gloo')
-group = dist.group.WORLD
-with_group, references_before = threads(), sys.getrefcount(group)
-net = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 4))
-net(torch.randn(2, 4)).sum().backward()
-del net
-gc.collect()
-references = sys.getrefcount(group)
-del group
-dist.destroy_process_group()
-gc.collect()
-print(before, with_group, threads(), references_before, references)
-"""
-
-
 def test_the_process_group_dies_with_its_teardown_after_ddp():
     """The cause of the abort at exit: on torch 2.14 building DDP imported
     torch.distributed.nn.functional, whose ten ``group=group.WORLD`` defaults kept the
     group (and its gloo threads) alive past destroy_process_group until the interpreter
     finalized. With pale_mm imported first, the group and its threads end with the teardown
     (without it: 5 threads left, 10 more references; checked on torch 2.14.1)."""
-    out = subprocess.run([sys.executable, '-c', GROUP_AFTER_DDP, str(free_port())],
+    out = subprocess.run([sys.executable, osp.join(ROOT, 'tests', 'scripts', 'group_after_ddp.py'),
+                          str(free_port())],
                          capture_output=True, text=True, timeout=120,
                          env=dict(os.environ, OMP_NUM_THREADS='1'))
     assert out.returncode == 0, out.stderr[-2000:]

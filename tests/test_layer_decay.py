@@ -209,3 +209,33 @@ def test_commented_alternative_in_pale_configs(config, tmp_path):
     assert math.isclose(settings['backbone.stages.3.blocks.1.mlp.fc1.weight']['lr'], lr * 0.9)
     assert settings['backbone.stages.3.blocks.1.norm1.norm.weight']['weight_decay'] == 0.
     assert settings['backbone.stages.3.blocks.1.mlp.fc1.weight']['weight_decay'] > 0.
+
+
+def test_the_model_names_its_norms_and_position_encodings(tiny_arch):
+    """PaleTransformer.parameter_kinds: every parameter once; each block's cpe (weight and
+    bias) is 'position', the norm layers (LayerNorm, the projections' BatchNorm) 'norm'; the
+    layer-decay constructor reads it (the
+    cpe weights, 4-D, get no weight decay only through it)."""
+    from mmengine.optim import build_optim_wrapper
+    model = PaleTransformer(tiny_arch, drop_path_rate=0.)
+    kinds = model.parameter_kinds()
+    assert set(kinds) == {name for name, _ in model.named_parameters()}
+    blocks = sum(len(stage.blocks) for stage in model.stages)
+    position = sorted(n for n, k in kinds.items() if k == 'position')
+    assert len(position) == 2 * blocks and all(re.search(r'\.cpe\.(weight|bias)$', n)
+                                               for n in position)
+    norms = (torch.nn.LayerNorm, torch.nn.BatchNorm2d)
+    assert all(isinstance(model.get_submodule(n.rsplit('.', 1)[0]), norms)
+               for n, k in kinds.items() if k == 'norm')
+    assert {n for n, k in kinds.items() if k == 'norm'} == {
+        f'{m}.{p}' for m, mod in model.named_modules() if isinstance(mod, norms)
+        for p, _ in mod.named_parameters(recurse=False)}
+    wrapper = build_optim_wrapper(model, dict(
+        optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.05),
+        constructor='PaleLayerDecayOptimizerConstructor',
+        paramwise_cfg=dict(decay_rate=0.9)))
+    decay = {id(p): g['weight_decay'] for g in wrapper.optimizer.param_groups
+             for p in g['params']}
+    params = dict(model.named_parameters())
+    assert all(decay[id(params[n])] == 0. for n in position)
+    assert any(decay[id(p)] > 0 for n, p in params.items() if p.ndim == 4 and n not in position)

@@ -2,11 +2,8 @@
 torch's hub cache and loaded through the weights_only allow-list; failures name the URL. A
 segmentor-level ``pretrained`` that reaches Pale is refused with the fix. The URLs point at
 a local HTTP server on 127.0.0.1."""
-import functools
-import http.server
 import json
 import os
-import threading
 
 import pytest
 import torch
@@ -16,46 +13,6 @@ from pale_mm.checkpoint import (CheckpointDownloadError, UnsafeCheckpointError,
                                 resolve_checkpoint_url)
 from pale_mm.models import PaleTransformer
 from pale_mm.models.pale_transformer import PaleConfigError
-
-
-class _Quiet(http.server.SimpleHTTPRequestHandler):
-    requests = []
-
-    def log_message(self, *args):
-        pass
-
-    def do_GET(self):
-        type(self).requests.append(self.path)
-        if self.path.endswith('/login.pth'):  # a proxy's login page instead of the file
-            body = b'<!DOCTYPE html><html>sign in</html>'
-            self.send_response(200)
-            self.send_header('Content-Length', str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-            return
-        super().do_GET()
-
-
-@pytest.fixture
-def server(tmp_path, monkeypatch):
-    """An HTTP server on 127.0.0.1 serving tmp_path/www; stopped after the test (it also
-    stops by itself after 60 s)."""
-    root = tmp_path / 'www'
-    root.mkdir()
-    _Quiet.requests = []
-    httpd = http.server.ThreadingHTTPServer(
-        ('127.0.0.1', 0), functools.partial(_Quiet, directory=str(root)))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    stopper = threading.Timer(60, httpd.shutdown)
-    stopper.start()
-    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
-    monkeypatch.setenv('MMENGINE_HOME', str(tmp_path / 'mmengine_home'))
-    yield root, f'http://127.0.0.1:{httpd.server_address[1]}'
-    stopper.cancel()
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(5)
 
 
 def _classifier_checkpoint(arch, path):
@@ -79,8 +36,8 @@ def _same_weights(model, state):
     return all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
 
 
-def test_https_style_url_downloads_once_and_loads(server, tiny_arch, tmp_path):
-    root, base = server
+def test_https_style_url_downloads_once_and_loads(weights_server, tiny_arch, tmp_path):
+    root, base = weights_server.root, weights_server.url
     state = _classifier_checkpoint(tiny_arch, root / 'pale_tiny_in1k.pth')
     model = _load(tiny_arch, f'{base}/pale_tiny_in1k.pth')
     assert _same_weights(model, state)
@@ -88,11 +45,11 @@ def test_https_style_url_downloads_once_and_loads(server, tiny_arch, tmp_path):
     assert [p.name.split('-', 1)[1] for p in cached] == ['pale_tiny_in1k.pth']
     # the second load reads the cached copy: no second request
     assert _same_weights(_load(tiny_arch, f'{base}/pale_tiny_in1k.pth'), state)
-    assert _Quiet.requests == ['/pale_tiny_in1k.pth']
+    assert weights_server.requests == ['/pale_tiny_in1k.pth']
 
 
-def test_open_mmlab_name_resolves_through_mmengine_table(server, tiny_arch, tmp_path):
-    root, base = server
+def test_open_mmlab_name_resolves_through_mmengine_table(weights_server, tiny_arch, tmp_path):
+    root, base = weights_server.root, weights_server.url
     state = _classifier_checkpoint(tiny_arch, root / 'weights.pth')
     home = tmp_path / 'mmengine_home'
     home.mkdir()
@@ -105,8 +62,8 @@ def test_open_mmlab_name_resolves_through_mmengine_table(server, tiny_arch, tmp_
         _load(tiny_arch, 'open-mmlab://pale_tiny_tset')
 
 
-def test_download_failures_name_the_url_and_leave_no_file(server, tiny_arch, tmp_path):
-    root, base = server
+def test_download_failures_name_the_url_and_leave_no_file(weights_server, tiny_arch, tmp_path):
+    base = weights_server.url
     cache = tmp_path / 'torch_home' / 'hub' / 'checkpoints'
     with pytest.raises(CheckpointDownloadError,
                        match=rf'could not download checkpoint {base}/missing\.pth: HTTP '
@@ -126,9 +83,9 @@ class _RunsCommand:
         return (os.system, ('touch pwned_by_url',))
 
 
-def test_downloaded_checkpoint_goes_through_the_allow_list(server, tiny_arch, tmp_path,
+def test_downloaded_checkpoint_goes_through_the_allow_list(weights_server, tiny_arch, tmp_path,
                                                            monkeypatch):
-    root, base = server
+    root, base = weights_server.root, weights_server.url
     monkeypatch.chdir(tmp_path)
     torch.save({'state_dict': {}, 'meta': _RunsCommand()}, root / 'evil.pth')
     with pytest.raises(UnsafeCheckpointError, match=r'posix\.system|os\.system'):
@@ -136,11 +93,11 @@ def test_downloaded_checkpoint_goes_through_the_allow_list(server, tiny_arch, tm
     assert not (tmp_path / 'pwned_by_url').exists()
 
 
-def test_mmengine_url_loading_goes_through_the_allow_list(server, tmp_path, monkeypatch):
+def test_mmengine_url_loading_goes_through_the_allow_list(weights_server, tmp_path, monkeypatch):
     """load_from=URL and other backbones' URL init_cfg go through mmengine's own loader,
     which pale_mm.compat points at the same download and allow-list."""
     from mmengine.runner.checkpoint import _load_checkpoint
-    root, base = server
+    root, base = weights_server.root, weights_server.url
     monkeypatch.chdir(tmp_path)
     torch.save({'state_dict': {'w': torch.ones(2)}}, root / 'good.pth')
     assert torch.equal(_load_checkpoint(f'{base}/good.pth')['state_dict']['w'], torch.ones(2))

@@ -213,28 +213,6 @@ def test_resume_with_another_number_of_processes_says_so(monkeypatch):
     assert hook._iter_end is None  # nothing of the other run's state is used
 
 
-KILL_MID_SAVE = r'''
-import io, os, sys, time
-import torch
-import pale_mm  # noqa: F401  (atomic saving)
-from mmengine.runner.checkpoint import save_checkpoint
-path, ready = sys.argv[1], sys.argv[2]
-real_save = torch.save
-
-def save_half_then_hang(obj, f):
-    buf = io.BytesIO()
-    real_save(obj, buf)
-    data = buf.getvalue()
-    f.write(data[:len(data) // 2])
-    f.flush()
-    open(ready, 'w').close()
-    time.sleep(600)  # killed here, half written
-
-torch.save = save_half_then_hang
-save_checkpoint({'state_dict': {'w': torch.full((1000,), 2.0)}}, path)
-'''
-
-
 def test_kill_while_saving_keeps_the_previous_checkpoint(tmp_path):
     from pale_mm.launch.work_dir import find_resume_checkpoint
     work_dir = tmp_path / 'work'
@@ -243,7 +221,8 @@ def test_kill_while_saving_keeps_the_previous_checkpoint(tmp_path):
     torch.save({'state_dict': {'w': torch.full((1000,), 1.0)}}, path)
     (work_dir / 'last_checkpoint').write_text(str(path))
     ready = tmp_path / 'half_written'
-    proc = subprocess.Popen([sys.executable, '-c', KILL_MID_SAVE, str(path), str(ready)],
+    proc = subprocess.Popen([sys.executable, osp.join(ROOT, 'tests', 'scripts', 'kill_mid_save.py'),
+                             str(path), str(ready)],
                             cwd=ROOT)
     deadline = time.time() + 120
     while not ready.exists():

@@ -3,14 +3,11 @@
 configs through ``custom_imports`` alone: each library in one fresh Python process that never
 imports pale_mm itself, on the synthetic data. The mmseg run takes its Pale weights from a
 URL (a local HTTP server on 127.0.0.1) through mmseg's train.py."""
-import functools
-import http.server
 import json
 import os
 import os.path as osp
 import subprocess
 import sys
-import threading
 
 import pytest
 import torch
@@ -22,46 +19,6 @@ from pale_mm.synthetic.ade import ade_cfg_options, format_cfg_options, make_ade
 # end to end through the tools: left out of `make test-quick`
 pytestmark = pytest.mark.slow
 
-# Runs in the child: the library's scripts as __main__ (argv as on the command line), then
-# its inferencer on the config with the given overrides; prints what it found as json.
-DRIVER = r'''
-import json, runpy, sys
-spec = json.loads(sys.argv[1])
-found = dict(pale_mm_before=('pale_mm' in sys.modules))
-
-
-def run(script, args):
-    sys.argv = [script] + args
-    try:
-        runpy.run_path(script, run_name='__main__')
-    except SystemExit as e:
-        if e.code not in (0, None):
-            raise
-
-
-run(spec['tools'] + '/train.py', spec['train'])
-run(spec['tools'] + '/test.py', spec['test'])
-found['pale_mm_after_tools'] = 'pale_mm' in sys.modules
-
-from mmengine.config import Config, DictAction
-cfg = Config.fromfile(spec['config'])
-cfg.merge_from_dict({k: DictAction._parse_iterable(v) for k, v in
-                     (o.split('=', 1) for o in spec['inferencer_options'])})
-if spec['scope'] == 'mmdet':
-    from mmdet.apis import DetInferencer as Inferencer
-else:
-    from mmseg.apis import MMSegInferencer as Inferencer
-inferencer = Inferencer(model=cfg, weights=spec['checkpoint'], device='cpu')
-result = inferencer(spec['image'], return_vis=False)
-prediction = result['predictions']
-prediction = prediction[0] if isinstance(prediction, list) else prediction
-if isinstance(prediction, dict):
-    found['prediction'] = {k: len(v) for k, v in prediction.items() if k in ('labels', 'bboxes')}
-else:
-    found['prediction'] = list(prediction.shape)
-print('FOUND ' + json.dumps(found))
-'''
-
 
 def _library_tools(scope):
     import importlib
@@ -71,7 +28,8 @@ def _library_tools(scope):
 
 
 def _run_driver(spec, env):
-    proc = subprocess.run([sys.executable, '-c', DRIVER, json.dumps(spec)], cwd=spec['cwd'],
+    driver = osp.join(ROOT, 'tests', 'scripts', 'upstream_tools_driver.py')
+    proc = subprocess.run([sys.executable, driver, json.dumps(spec)], cwd=spec['cwd'],
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     line = [x for x in proc.stdout.splitlines() if x.startswith('FOUND ')][-1]
@@ -114,32 +72,9 @@ model = dict(
 """
 
 
-@pytest.fixture
-def weights_server(tmp_path):
-    """Serves tmp_path/www on 127.0.0.1; stops after the test (or by itself after 10 min)."""
-    root = tmp_path / 'www'
-    root.mkdir()
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0),
-                                            functools.partial(Quiet, directory=str(root)))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    stopper = threading.Timer(600, httpd.shutdown)
-    stopper.start()
-    yield root, f'http://127.0.0.1:{httpd.server_address[1]}'
-    stopper.cancel()
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(5)
-
-
 def test_mmseg_tools_and_seg_inferencer(tmp_path, weights_server):
     from pale_mm.models import PaleTransformer
-    www, base_url = weights_server
+    www, base_url = weights_server.root, weights_server.url
     backbone = PaleTransformer(dict(embed_dims=16, depths=[1, 1, 2, 1], num_heads=[2, 2, 4, 4]))
     backbone.init_weights()
     torch.save({'state_dict': {f'backbone.{k}': v for k, v in backbone.state_dict().items()}},

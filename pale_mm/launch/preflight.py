@@ -15,26 +15,16 @@ LAYOUT_HINTS = {
 }
 
 
-def _innermost_datasets(dataset_cfg):
-    """Yield the leaf dataset configs under wrappers (RepeatDataset, ConcatDataset, ...)."""
-    if 'datasets' in dataset_cfg:
-        for d in dataset_cfg['datasets']:
-            yield from _innermost_datasets(d)
-    elif 'dataset' in dataset_cfg:
-        yield from _innermost_datasets(dataset_cfg['dataset'])
-    else:
-        yield dataset_cfg
-
-
 def check_datasets(cfg, loaders) -> None:
     """Fail at once, naming the missing path, the expected layout and the option to change,
     or what is wrong inside the annotation files (:mod:`pale_mm.data.checks`)."""
     from ..data.checks import DataError, check_dataset_files
+    from ..data.wrappers import leaf_datasets
     for loader in loaders:
         loader_cfg = cfg.get(loader)
         if not loader_cfg or 'dataset' not in loader_cfg:
             continue
-        for ds in _innermost_datasets(loader_cfg['dataset']):
+        for ds in leaf_datasets(loader_cfg['dataset']):
             root = ds.get('data_root') or ''
             if is_url(root):
                 continue

@@ -135,35 +135,37 @@ def enable_tta(cfg) -> None:
         raise LaunchError(f'--tta needs {" and ".join(missing)} in the config')
     from mmengine.config import ConfigDict
     cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
-    dataset = cfg.test_dataloader.dataset
-    while 'dataset' in dataset:
-        dataset = dataset['dataset']
-    dataset.pipeline = cfg.tta_pipeline
+    from ..data.wrappers import leaf_datasets
+    for dataset in leaf_datasets(cfg.test_dataloader.dataset):
+        dataset['pipeline'] = cfg.tta_pipeline
+
+
+def add_hooks_if_missing(cfg, names) -> None:
+    """Append ``dict(type=NAME)`` to ``cfg.custom_hooks`` for each of ``names`` the config
+    does not have yet (by type name, with a scope prefix or as a class)."""
+    hooks = list(cfg.get('custom_hooks') or [])
+    have = {_type_name(h.get('type')) for h in hooks if isinstance(h, dict)}
+    hooks += [dict(type=name) for name in names if name not in have]
+    cfg.custom_hooks = hooks
+
+
+def _type_name(t) -> str:
+    return t.__name__ if isinstance(t, type) else str(t).rsplit('.', 1)[-1]
 
 
 def add_run_hooks(cfg, train: bool) -> None:
     """Put :class:`DataCheckHook`, :class:`pale_mm.engine.hooks.CheckpointFitHook` (and for
     training :class:`ExactResumeHook`) into ``cfg.custom_hooks`` unless the config has them
     already."""
-    hooks = list(cfg.get('custom_hooks') or [])
-    have = {h.get('type') for h in hooks if isinstance(h, dict)}
     wanted = ['DataCheckHook', 'CheckpointFitHook'] + (['ExactResumeHook'] if train else [])
-    for name in wanted:
-        if name not in have and f'pale_mm.{name}' not in have:
-            hooks.append(dict(type=name))
-    cfg.custom_hooks = hooks
+    add_hooks_if_missing(cfg, wanted)
     print_log(f'pale_mm hooks: {", ".join(wanted)}', logger='current', level=10)
-
 
 
 def enable_preemption(cfg) -> None:
     """Add :class:`PreemptionHook` to a training config and let an epoch-based loop
     continue mid-epoch (:class:`ResumableEpochBasedTrainLoop`)."""
-    hooks = list(cfg.get('custom_hooks') or [])
-    if not any(isinstance(h, dict) and str(h.get('type', '')).endswith('PreemptionHook')
-               for h in hooks):
-        hooks.append(dict(type='PreemptionHook'))
-    cfg.custom_hooks = hooks
+    add_hooks_if_missing(cfg, ['PreemptionHook'])
     loop = cfg.get('train_cfg')
     if loop is not None and loop.get('type', 'EpochBasedTrainLoop' if loop.get('by_epoch')
                                      else None) in ('EpochBasedTrainLoop',

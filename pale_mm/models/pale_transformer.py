@@ -519,6 +519,20 @@ class PaleTransformer(BaseModule):
                         for name, _ in getattr(self, f'norm{i}').named_parameters()})
         return ids
 
+    def parameter_kinds(self) -> Dict[str, str]:
+        """{parameter name: kind}: ``'norm'`` for the weights and biases of norm layers,
+        ``'position'`` for the conditional position encodings (each block's ``cpe``, a
+        depthwise conv), ``'other'`` for the rest. What goes without weight decay is read
+        from it (Pale's layer-decay constructor; the swap tool's ``custom_keys``)."""
+        position = {id(block.cpe) for stage in self.stages for block in stage.blocks}
+        kinds = {}
+        for module_name, module in self.named_modules():
+            kind = ('norm' if isinstance(module, (nn.LayerNorm, _BatchNorm, nn.GroupNorm))
+                    else 'position' if id(module) in position else 'other')
+            for name, _ in module.named_parameters(prefix=module_name, recurse=False):
+                kinds[name] = kind
+        return kinds
+
     def get_layer_depth(self, param_name: str, prefix: str = ''):
         """(layer id, number of ids) of a parameter, as mmpretrain's
         ``LearningRateDecayOptimWrapperConstructor`` asks its backbone (through

@@ -29,23 +29,11 @@ def _match(keys: dict, name: str) -> Optional[tuple]:
 
 
 def _pale_parameters(arch) -> Dict[str, str]:
-    """{'backbone.<name>': 'norm' | 'position' | 'other'} for Pale's parameters."""
-    from torch import nn
-    from torch.nn.modules.batchnorm import _BatchNorm
-
+    """{'backbone.<name>': 'norm' | 'position' | 'other'} for Pale's parameters (the model's
+    own :meth:`~pale_mm.models.PaleTransformer.parameter_kinds`)."""
     from ..models import PaleTransformer
     model = PaleTransformer(arch=arch, drop_path_rate=0.)
-    kinds = {}
-    for module_name, module in model.named_modules():
-        for p, _ in module.named_parameters(recurse=False):
-            name = f'backbone.{module_name}.{p}'
-            if isinstance(module, (nn.LayerNorm, _BatchNorm, nn.GroupNorm)):
-                kinds[name] = 'norm'
-            elif '.cpe' in f'.{module_name}':
-                kinds[name] = 'position'
-            else:
-                kinds[name] = 'other'
-    return kinds
+    return {f'backbone.{name}': kind for name, kind in model.parameter_kinds().items()}
 
 
 def _candidate_keys(name: str) -> List[str]:

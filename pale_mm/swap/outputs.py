@@ -41,6 +41,7 @@ def _as_list(x) -> list:
 
 def _plain(x):
     """A ConfigDict / tuple tree as plain dicts and lists (for comparing and writing)."""
+    # not ConfigDict.to_dict: it keeps tuples, and a config's (1, 2) must equal an override's [1, 2]
     if isinstance(x, dict):
         return {k: _plain(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):

@@ -10,7 +10,8 @@ from .outputs import Swap
 
 
 # ---------------------------------------------------------------------------------------
-# writing the config
+# writing the config: not Config.pretty_text / dump, which write the whole merged config and
+# no comments; this file is the overrides over a _base_, each with its reason as a comment
 WIDTH = 96
 
 

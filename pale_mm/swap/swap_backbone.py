@@ -23,6 +23,8 @@ def _set(tree: dict, path: tuple, value: dict) -> None:
 def resolve_config(config: str) -> str:
     """The file of ``config``: a path, or ``mmdet::path`` / ``mmseg::path`` for a config that
     the library installed (under its ``.mim/configs``)."""
+    # mmengine resolves ``mmdet::`` only inside Config.fromfile (Config._get_cfg_path is
+    # private); the written config's ``_base_`` needs the file itself
     if '::' in config:
         scope, rel = config.split('::', 1)
         spec = importlib.util.find_spec(scope)
@@ -187,6 +189,9 @@ def pale_depths(arch) -> List[int]:
 
 
 def _merge(base: dict, new: dict) -> None:
+    # a head inside a list (mmseg's auxiliary heads): an override replaces a list entry whole
+    # (merge_from_dict), so the list is written with the head merged here; mmengine's
+    # ConfigDict.merge is not in mmengine 0.7.1
     for k, v in new.items():
         if isinstance(v, dict) and isinstance(base.get(k), dict):
             _merge(base[k], v)

@@ -7,17 +7,7 @@ from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
 from ...data.checks import CheckedPipeline, DataError
-
-
-def _leaf_datasets(dataset):
-    """The datasets under mmengine's wrappers (ConcatDataset, RepeatDataset, ...)."""
-    if hasattr(dataset, 'datasets'):
-        for d in dataset.datasets:
-            yield from _leaf_datasets(d)
-    elif hasattr(dataset, 'dataset') and not hasattr(dataset, 'pipeline'):
-        yield from _leaf_datasets(dataset.dataset)
-    else:
-        yield dataset
+from ...data.wrappers import leaf_datasets
 
 
 def _seg_classes(dataset):
@@ -34,7 +24,7 @@ def _seg_classes(dataset):
 def wrap_dataset_pipelines(dataset) -> None:
     """Read the samples of ``dataset`` (and of the datasets it wraps) through
     :class:`CheckedPipeline`; label maps of mmseg datasets are held to their classes."""
-    for leaf in _leaf_datasets(dataset):
+    for leaf in leaf_datasets(dataset):
         pipeline = getattr(leaf, 'pipeline', None)
         if pipeline is None or isinstance(pipeline, CheckedPipeline):
             continue
@@ -68,7 +58,7 @@ class DataCheckHook(Hook):
     @staticmethod
     def _check_heads(runner) -> None:
         model = runner.model.module if hasattr(runner.model, 'module') else runner.model
-        for dataset in _leaf_datasets(runner.train_dataloader.dataset):
+        for dataset in leaf_datasets(runner.train_dataloader.dataset):
             num_classes, _ = _seg_classes(dataset)
             if not num_classes:
                 continue

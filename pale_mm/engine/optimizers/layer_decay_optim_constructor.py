@@ -146,6 +146,7 @@ class PaleLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
         cfg = self.paramwise_cfg
         backbone, prefix = _pale_backbone(module)
         layer_ids = PaleLayerIds(backbone, cfg['decay_type'], cfg.get('num_layers'))
+        kinds = backbone.parameter_kinds()
         base_wd = self.base_wd or 0.
         groups: Dict[tuple, dict] = {}
         for name, param in module.named_parameters():
@@ -154,8 +155,8 @@ class PaleLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
             in_backbone = name.startswith(prefix)
             local = name[len(prefix):]
             layer_id = layer_ids(local) if in_backbone else layer_ids.top
-            no_decay = param.ndim <= 1 or name.endswith('.bias') or (
-                in_backbone and '.cpe.' in f'.{local}')
+            no_decay = (param.ndim <= 1 or name.endswith('.bias')
+                        or (in_backbone and kinds.get(local) == 'position'))
             key = (layer_id, no_decay)
             if key not in groups:
                 groups[key] = dict(
