@@ -20,9 +20,9 @@ import torch.distributed as dist
 from det_common import free_port, tool
 from seg_common import small_seg_options
 
+from pale_mm.engine.hooks import PREEMPTED_EXIT_CODE, TrainingPreempted
 from pale_mm.launch import distributed
 from pale_mm.synthetic.ade import make_ade
-from pale_mm.engine.hooks import PREEMPTED_EXIT_CODE, TrainingPreempted
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG = osp.join(ROOT, 'configs/upernet/pale_t_ade20k.py')

@@ -10,7 +10,6 @@ import zipfile
 
 import torch
 
-
 from ..errors import PaleError
 
 

@@ -6,7 +6,6 @@ from typing import Dict
 import torch
 from mmengine.logging import print_log
 
-
 from .download import is_url, local_checkpoint
 from .safe_load import CheckpointMismatchError, safe_load
 from .state_dict import (_prefix_hint, _preview, backbone_state_dict, extract_state_dict,

@@ -11,7 +11,6 @@ from typing import Dict, List, Tuple
 import numpy as np
 import torch
 
-
 from ..errors import PaleError
 
 

@@ -5,7 +5,6 @@ from typing import Dict, List, Tuple
 
 import torch
 
-
 from .safe_load import CheckpointMismatchError
 
 
@@ -106,5 +105,3 @@ def _prefix_hint(unexpected: List[str], own_keys) -> str:
 def _preview(keys: List[str], n: int = 8) -> str:
     shown = ', '.join(keys[:n])
     return f'{shown}, ... ({len(keys)} in all)' if len(keys) > n else shown
-
-

@@ -86,8 +86,9 @@ class BuiltOnTheGroup:
         runner keeps its model, unwrapped (a wrapper cannot run once its group is gone)."""
         from mmengine.model import is_model_wrapper
         runner = self.runner
-        if runner is not None and is_model_wrapper(getattr(runner, 'model', None)):
-            runner.model = runner.model.module
+        if runner is None or not is_model_wrapper(getattr(runner, 'model', None)):
+            return  # nothing holds the group (a run without a launcher, or no runner yet)
+        runner.model = runner.model.module
         gc.collect()  # the wrapper's own cycles (its hooks refer to it)
 
 

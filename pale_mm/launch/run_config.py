@@ -172,4 +172,3 @@ def enable_preemption(cfg) -> None:
                                                     'mmengine.EpochBasedTrainLoop'):
         loop.pop('by_epoch', None)
         loop['type'] = 'ResumableEpochBasedTrainLoop'
-

@@ -6,7 +6,8 @@ sends before a job's time is up) finishes its iteration, writes a checkpoint and
   iteration, saves and raises :class:`TrainingPreempted` (a ``SystemExit`` with that code).
 * :class:`ResumableEpochBasedTrainLoop` is mmengine's epoch-based loop that can continue in
   the middle of an epoch, where such a checkpoint is written.
-* :func:`enable_preemption` puts both into a training config (``tools/train.py`` does).
+* :func:`pale_mm.launch.run_config.enable_preemption` puts both into a training config
+  (``tools/train.py`` does).
 
 ``tools/dist_train.sh`` and ``tools/slurm_train.sh`` pass the signals on to the training
 processes and return the code; ``slurm_train.sh`` requeues the job with it, and the requeued
@@ -51,7 +52,7 @@ class PreemptionHook(Hook):
 
     A handler only notes the signal; further signals (a second one during the save, or the
     same one passed on by the launcher) change nothing. Data loader workers ignore them
-    (:func:`workers_leave_signals_to_training`, applied by :mod:`pale_mm.engine.runner`).
+    (:func:`pale_mm.engine.runner.checked_data_runner.workers_leave_signals_to_training`).
 
     After every training iteration the processes agree (one all-reduce of a flag) whether
     any of them was signalled, so that all stop after the same iteration, then write
