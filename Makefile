@@ -10,6 +10,10 @@
 # The stacks are the files of requirements/stacks/; scripts/setup_env.sh STACK builds one.
 PY := .venv/bin/python
 PYTEST_ARGS ?=
+# make test and test-quick run the tests in this many processes (pytest-xdist): the suite
+# spends about half its time in one busy core (imports, subprocesses starting, two-process
+# runs waiting on each other); TEST_WORKERS=0 runs them in this process, one after another
+TEST_WORKERS ?= 2
 
 # oldest torch (2.1, mmcv-lite, mmengine 0.7.1): the model, mixed precision, torch.compile,
 # checkpoints (safe, pretrained, resume), pip's install plan (mmdet's and mmseg's models need
@@ -32,10 +36,10 @@ env:
 	@bash scripts/setup_env.sh newest
 
 test: env
-	$(PY) -m pytest tests $(PYTEST_ARGS)
+	$(PY) -m pytest tests -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 test-quick: env
-	$(PY) -m pytest tests -m 'not slow' $(PYTEST_ARGS)
+	$(PY) -m pytest tests -m 'not slow' -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 test-oldest: test-oldest-torch test-oldest-openmmlab
 

@@ -8,7 +8,7 @@ Each round trains the small UperNet of the tests (configs/upernet/pale_t_ade20k.
 for 2 iterations with ``tools/dist_train.sh CONFIG 2``, then tests its checkpoint with
 ``tools/dist_test.sh CONFIG CKPT 2``. ``--root`` runs another checkout's tools (an older
 commit, to count how often it aborted). Prints one line per run and a last line
-``SUMMARY {...}``; exits 1 if any run failed. tests/test_distributed_exit.py runs 3 rounds.
+``SUMMARY {...}``; exits 1 if any run failed. tests/test_distributed_exit.py runs 1 round.
 """
 import argparse
 import json

@@ -27,6 +27,26 @@ def device():
 
 
 @pytest.fixture
+def get_flops(capsys, monkeypatch):
+    """``get_flops(*argv)``: tools/get_flops.py run in this process (the test pays for
+    importing mmdet, mmseg and mmpretrain once, not once a command), returning its printed
+    ``key: value`` lines as a dict. Its command line and errors: test_flops.py's subprocess
+    test."""
+    monkeypatch.syspath_prepend(os.path.join(ROOT, 'tools'))
+    monkeypatch.chdir(ROOT)  # the configs are named relative to the repository
+    import get_flops as tool
+
+    def run(*argv):
+        capsys.readouterr()
+        tool.main([str(a) for a in argv])
+        out = capsys.readouterr().out
+        return {k.strip(): v.strip() for k, v in
+                (line.split(':', 1) for line in out.splitlines() if ':' in line)}
+
+    return run
+
+
+@pytest.fixture
 def needs_autocast():
     """``needs_autocast(device, dtype)`` skips the test where this torch has no ``dtype``
     autocast on ``device`` (torch 2.1's CPU autocast takes bfloat16 only: it warns and

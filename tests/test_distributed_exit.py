@@ -153,14 +153,16 @@ def test_tools_destroy_the_process_group(ade, gloo_group, tmp_path):
 
 @pytest.mark.slow
 def test_two_process_train_and_test_end_cleanly_under_load(tmp_path):
-    """3 rounds of scripts/soak_dist_exit.py: the 2-process train and test commands back to
+    """One round of scripts/soak_dist_exit.py: the 2-process train and test commands back to
     back beside 2 busy processes, as the abort showed (before the fix, 1 run in 30 of the
     demo UperNet; both full suite runs of the day it was filed). Every run exits 0, none
-    aborts, no log has DDP's gradient-layout warning."""
+    aborts, no log has DDP's gradient-layout warning. The abort's condition itself (a gloo
+    thread alive after the tools return) is checked without chance by
+    test_tools_destroy_the_process_group; longer soaks: `--rounds 20` by hand (docs/cluster.md)."""
     res = subprocess.run([sys.executable, osp.join(ROOT, 'scripts/soak_dist_exit.py'),
-                          '--rounds', '3', '--work-dir', str(tmp_path)],
+                          '--rounds', '1', '--work-dir', str(tmp_path)],
                          capture_output=True, text=True, timeout=1200)
     summary = json.loads(res.stdout.strip().splitlines()[-1].split('SUMMARY ', 1)[1])
-    assert summary == dict(train=3, test=3, failures=0, aborts=0, stride_warnings=0), \
+    assert summary == dict(train=1, test=1, failures=0, aborts=0, stride_warnings=0), \
         res.stdout[-3000:] + res.stderr[-3000:]
     assert res.returncode == 0

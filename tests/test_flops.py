@@ -11,15 +11,11 @@ PAPER_GMACS = {'tiny': 4.2, 'small': 9.0, 'base': 15.6}
 
 
 @pytest.mark.parametrize('arch', sorted(PAPER_GMACS))
-def test_get_flops_backbone_matches_paper(arch):
-    res = subprocess.run(
-        [sys.executable, 'tools/get_flops.py', '--backbone', arch, '--shape', '224', '224'],
-        cwd=ROOT, capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr[-3000:]
-    line = next(ln for ln in res.stdout.splitlines() if ln.startswith('MACs:'))
-    gmacs = float(line.split()[1])
-    assert abs(gmacs - PAPER_GMACS[arch]) <= 0.03 * PAPER_GMACS[arch], res.stdout
-    attn = float(line.split('attention products:')[1].split()[0])
+def test_get_flops_backbone_matches_paper(arch, get_flops):
+    lines = get_flops('--backbone', arch, '--shape', 224, 224)
+    gmacs = float(lines['MACs'].split()[0])
+    assert abs(gmacs - PAPER_GMACS[arch]) <= 0.03 * PAPER_GMACS[arch], lines
+    attn = float(lines['MACs'].split('attention products:')[1].split()[0])
     assert attn > 0.05 * gmacs  # the attention products are counted
 
 
@@ -53,19 +49,23 @@ CONFIG_GMACS = [
 
 @pytest.mark.slow  # traces six whole detectors/segmentors
 @pytest.mark.parametrize('config,shape,paper', CONFIG_GMACS)
-def test_get_flops_config_matches_paper(config, shape, paper):
-    res = subprocess.run(
-        [sys.executable, 'tools/get_flops.py', config, '--shape', *map(str, shape)],
-        cwd=ROOT, capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr[-3000:]
-    lines = dict(ln.split(':', 1) for ln in res.stdout.splitlines() if ':' in ln)
+def test_get_flops_config_matches_paper(config, shape, paper, get_flops):
+    lines = get_flops(config, '--shape', *shape)
     gmacs = float(lines['MACs'].split()[0])
-    assert abs(gmacs - paper) <= 0.05 * paper, res.stdout
+    assert abs(gmacs - paper) <= 0.05 * paper, lines
     assert float(lines['params'].split()[0]) > 0
     assert float(lines['MACs'].split('attention products:')[1].split()[0]) > 0
 
 
-def test_get_flops_bad_input():
+def test_get_flops_command_line():
+    """The command itself (the other tests run its main in-process): a count, then bad
+    input as one line without a traceback."""
+    res = subprocess.run([sys.executable, 'tools/get_flops.py', '--backbone', 'tiny',
+                          '--shape', '64', '--by-operator'],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "model: PaleTransformer('tiny') backbone" in res.stdout
+    assert 'input shape: 3x64x64' in res.stdout and 'scaled_dot_product_attention:' in res.stdout
     res = subprocess.run([sys.executable, 'tools/get_flops.py', '--backbone', 'huge'],
                          cwd=ROOT, capture_output=True, text=True)
     assert res.returncode != 0 and "unknown arch 'huge'" in res.stderr

@@ -172,8 +172,9 @@ def _gpu_check(*args, tmp_path):
 @pytest.mark.slow  # the GPU check script on the CPU
 def test_gpu_check_on_cpu(tmp_path):
     """tools/gpu_check.sh --device cpu: the environment, the model tests with
-    PALE_TEST_DEVICE set (here one test, to stay fast), and the bfloat16 benchmark at a tiny
-    size with its table (peak memory from fresh processes included) and JSON."""
+    PALE_TEST_DEVICE set (here one test, to stay fast), and the benchmark (float32 on the
+    CPU) at a tiny size with its table (peak memory from fresh processes included) and
+    JSON."""
     out = tmp_path / 'out'
     res = _gpu_check('--device', 'cpu', '--out', str(out), '--tests',
                      'tests/test_tools.py::test_device_fixture', tmp_path=tmp_path)
@@ -183,7 +184,7 @@ def test_gpu_check_on_cpu(tmp_path):
     assert '1 passed' in text and 'model tests: passed' in text
     assert 'benchmark (' in text and 'benchmark.json): passed' in text
     data = json.loads((out / 'benchmark.json').read_text())
-    assert (data['device'], data['dtype'], data['batch']) == ('cpu', 'bfloat16', 2)
+    assert (data['device'], data['dtype'], data['batch']) == ('cpu', 'float32', 2)
     assert list(data['results']) == ['64x96']
     r = data['results']['64x96']
     row = _markdown_rows(text, 'size')['64x96']

@@ -96,10 +96,6 @@ class PaleLayout(NamedTuple):
         B, H, W, C = _ints(x.shape)
         return cls(B, H, W, C, num_heads // 2, _Bands.of(H, s_r), _Bands.of(W, s_c))
 
-    @property
-    def num_row_bands(self) -> int:
-        return 1 + bool(self.rows.rest)
-
     def _halves(self, x: Tensor):
         """(B, H, W, C) -> row half (B, H, W, heads, d), column half (B, W, H, heads, d)."""
         B, H, W, C, heads = self[:5]
@@ -115,7 +111,7 @@ class PaleLayout(NamedTuple):
 
     def scatter(self, *bands: Tensor) -> Tensor:
         """The bands of :meth:`gather` -> (B, H, W, C)."""
-        n = self.num_row_bands
+        n = 1 + bool(self.rows.rest)  # bands of the row half
         rows = _scatter_bands(bands[:n], self.rows, self.B, self.H, self.W)  # (B, H, W, C/2)
         cols = _scatter_bands(bands[n:], self.cols, self.B, self.W, self.H)  # (B, W, H, C/2)
         return torch.cat([rows, cols.transpose(1, 2)], dim=-1)

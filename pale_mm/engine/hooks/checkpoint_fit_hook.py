@@ -1,18 +1,10 @@
 """CheckpointFitHook: a checkpoint whose weights do not fit the model is refused before
 it is loaded (:func:`pale_mm.checkpoint.check_checkpoint_fits`)."""
-import torch
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
 from ...checkpoint.state_dict import check_checkpoint_fits
-
-
-def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
-    """The model inside DDP and test-time-augmentation wrappers."""
-    from mmengine.model import BaseTTAModel, is_model_wrapper
-    while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
-        model = model.module
-    return model
+from ..model_wrappers import unwrapped_model
 
 
 @HOOKS.register_module()
@@ -30,6 +22,6 @@ class CheckpointFitHook(Hook):
         # Runner.train() builds its loop before it loads a checkpoint, Runner.test() does not
         training = isinstance(getattr(runner, '_train_loop', None), BaseLoop)
         fine_tuning = training and not runner.cfg.get('resume')
-        check_checkpoint_fits(_unwrapped(runner.model), checkpoint,
+        check_checkpoint_fits(unwrapped_model(runner.model), checkpoint,
                               runner.cfg.get('load_from') or 'being loaded',
                               exact=not fine_tuning)

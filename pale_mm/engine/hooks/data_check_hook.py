@@ -8,6 +8,7 @@ from mmengine.registry import HOOKS
 
 from ...data.checks import CheckedPipeline, DataError
 from ...data.wrappers import leaf_datasets
+from ..model_wrappers import unwrapped_model
 
 
 def _seg_classes(dataset):
@@ -57,7 +58,7 @@ class DataCheckHook(Hook):
 
     @staticmethod
     def _check_heads(runner) -> None:
-        model = runner.model.module if hasattr(runner.model, 'module') else runner.model
+        model = unwrapped_model(runner.model)
         for dataset in leaf_datasets(runner.train_dataloader.dataset):
             num_classes, _ = _seg_classes(dataset)
             if not num_classes:
