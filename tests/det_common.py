@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 import os.path as osp
+import random
 import re
 import socket
 
@@ -90,9 +91,29 @@ def write_small_config(directory, name='pale_small_coco.py'):
 
 
 def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
+    """A free TCP port for a multi-process run's rendezvous (torchrun's --master_port,
+    MASTER_PORT). Not one the kernel picks (bind to port 0): that comes from the ephemeral
+    range (net.ipv4.ip_local_port_range), where an outgoing connection of a test in the other
+    pytest-xdist worker (gloo connects a lot) can take it between this check and the child's
+    bind. Instead a port from below that range, from a block of 1000 that belongs to this
+    worker, so that two workers never draw the same one."""
+    try:
+        with open('/proc/sys/net/ipv4/ip_local_port_range') as f:
+            first_ephemeral = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        first_ephemeral = 32768  # Linux's default where /proc does not say
+    worker = int(os.environ.get('PYTEST_XDIST_WORKER', 'gw0')[2:])
+    block = first_ephemeral - 1000 * (worker % 8 + 1)
+    start = random.randrange(1000)  # not the port this worker's previous run left in TIME_WAIT
+    for i in range(1000):
+        port = block + (start + i) % 1000
+        with socket.socket() as s:
+            try:
+                s.bind(('127.0.0.1', port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f'no free port in {block}-{block + 999}')
 
 
 def train_losses(work_dir):

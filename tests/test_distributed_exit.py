@@ -44,6 +44,20 @@ def gloo_group(monkeypatch):
         dist.destroy_process_group()
 
 
+def test_rendezvous_ports_of_two_test_workers_never_meet(monkeypatch):
+    """The 2-process tests' ports (free_port) come from below the kernel's ephemeral range,
+    where no outgoing connection takes them, and from a block per pytest-xdist worker."""
+    with open('/proc/sys/net/ipv4/ip_local_port_range') as f:
+        first_ephemeral = int(f.read().split()[0])
+    drawn = {}
+    for worker in ('gw0', 'gw1'):
+        monkeypatch.setenv('PYTEST_XDIST_WORKER', worker)
+        drawn[worker] = {free_port() for _ in range(20)}
+        assert max(drawn[worker]) < first_ephemeral
+        assert max(drawn[worker]) - min(drawn[worker]) < 1000
+    assert not drawn['gw0'] & drawn['gw1']
+
+
 @pytest.mark.parametrize('way_out', ['returns', 'error', 'preempted'])
 def test_the_run_destroys_the_process_group(gloo_group, way_out):
     with pytest.raises(SystemExit) if way_out != 'returns' else contextlib.nullcontext():

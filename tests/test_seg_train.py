@@ -6,7 +6,6 @@ import glob
 import json
 import os
 import os.path as osp
-import socket
 import subprocess
 import sys
 
@@ -21,7 +20,7 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, osp.join(ROOT, 'tools'))
 import test as test_tool  # noqa: E402
 import train as train_tool  # noqa: E402
-from det_common import logged_metrics  # noqa: E402
+from det_common import free_port, logged_metrics  # noqa: E402
 from seg_common import own_visualizer, small_seg_options  # noqa: E402
 
 CONFIG = osp.join(ROOT, 'configs/upernet/pale_t_ade20k.py')
@@ -42,12 +41,6 @@ def _scalars(work_dir):
     assert files, f'no scalars.json under {work_dir}'
     with open(files[-1]) as f:
         return [json.loads(line) for line in f if line.strip()]
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 # end to end through the tools: left out of `make test-quick`
@@ -144,7 +137,7 @@ def test_dist_test_matches_single_process(ade, trained, single_test, tmp_path):
     """tools/dist_test.sh with 2 CPU processes (gloo) on 5 images (an odd number: one rank
     gets a padded duplicate) gives the single-process mIoU and the same label maps."""
     dist_out, dist_work = tmp_path / 'dist', tmp_path / 'work'
-    env = dict(os.environ, PYTHON=sys.executable, PORT=str(_free_port()), OMP_NUM_THREADS='1')
+    env = dict(os.environ, PYTHON=sys.executable, PORT=str(free_port()), OMP_NUM_THREADS='1')
     proc = subprocess.run(
         ['bash', osp.join(ROOT, 'tools/dist_test.sh'), CONFIG, trained['ckpt'], '2',
          '--work-dir', str(dist_work), '--out', str(dist_out), '--cfg-options'] +
