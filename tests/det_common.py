@@ -103,7 +103,7 @@ def free_port():
     except (OSError, ValueError, IndexError):
         first_ephemeral = 32768  # Linux's default where /proc does not say
     worker = int(os.environ.get('PYTEST_XDIST_WORKER', 'gw0')[2:])
-    block = first_ephemeral - 1000 * (worker % 8 + 1)
+    block = first_ephemeral - 1000 * (worker + 1)
     start = random.randrange(1000)  # not the port this worker's previous run left in TIME_WAIT
     for i in range(1000):
         port = block + (start + i) % 1000
