@@ -8,7 +8,7 @@ truncated one (that ``--resume`` would pick up, or a half-written ONNX file or c
 * :func:`atomic_write` / :func:`atomic_save` / :func:`atomic_text_file`: write through a
   callback, ``torch.save``, a text buffer; fsync'd; an OS error (disk full) becomes
   :class:`CheckpointWriteError` naming the folder. mmengine's checkpoint saves go through
-  them (:mod:`pale_mm.compat`).
+  them in a hardened run (:mod:`pale_mm.hardening`).
 * :func:`written_atomically`: a temporary path for a writer that wants a file name
   (matplotlib, an exporter, mmengine's dump); renamed once the block completes.
 * :func:`remove_stale_tmp_files`: the temporary files of killed processes.
@@ -104,7 +104,7 @@ def atomic_save(obj, filename: str) -> None:
 @contextlib.contextmanager
 def atomic_text_file(filename: str):
     """A text buffer for a ``with`` block, written to ``filename`` atomically once the
-    block completes (mmengine's ``last_checkpoint``, see :mod:`pale_mm.compat`)."""
+    block completes (mmengine's ``last_checkpoint``, see :class:`pale_mm.engine.hooks.AtomicCheckpointHook`)."""
     text = io.StringIO()
     yield text
     atomic_write(filename, lambda f: f.write(text.getvalue().encode()))

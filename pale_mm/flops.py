@@ -1,9 +1,9 @@
 """Parameters and multiply-accumulates of a model, PS-Attention's attention products included.
 
 mmengine's ``FlopAnalyzer`` (fvcore's jit-trace counter; one multiply-accumulate counts as
-one flop) has no handle for ``aten::scaled_dot_product_attention``; :func:`complexity` gives
-its analyzer one (:func:`sdpa_flop_jit`), and :mod:`pale_mm.compat` adds it to mmengine's
-defaults so that mmdet's and mmseg's own ``get_flops`` scripts count it too.
+one flop) has no handle for ``aten::scaled_dot_product_attention`` and leaves attention out
+of every count (mmdet's and mmseg's own ``get_flops`` scripts too); :func:`complexity`, which
+``tools/get_flops.py`` calls, gives its analyzer one (:func:`sdpa_flop_jit`).
 """
 from math import prod
 from typing import Any, List

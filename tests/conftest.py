@@ -139,3 +139,17 @@ def weights_server(tmp_path, monkeypatch):
     httpd.shutdown()
     httpd.server_close()
     thread.join(5)
+
+
+@pytest.fixture
+def safe_loading():
+    """mmengine's loaders through pale_mm's allow-list for one test (the hardening's
+    ``enable_safe_loading``, as a HardenedRunner turns it on), mmengine's own afterwards."""
+    from mmengine.runner.checkpoint import CheckpointLoader
+
+    from pale_mm.hardening import enable_safe_loading
+    saved = dict(CheckpointLoader._schemes)
+    enable_safe_loading()
+    yield
+    CheckpointLoader._schemes.clear()
+    CheckpointLoader._schemes.update(saved)

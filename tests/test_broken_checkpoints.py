@@ -16,7 +16,6 @@ Every checkpoint here comes from one tiny real run (tools/train.py, 4 iterations
 """
 import copy
 import errno
-import io
 import os
 import os.path as osp
 import shutil
@@ -281,14 +280,11 @@ def test_integrity_check_of_a_whole_checkpoint(trained):
 
 
 # ------------------------------------------------------------------ a full disk
-class _DiskFillsUp(io.RawIOBase):
-    """A file that takes ``room`` bytes, then fails as a full disk does."""
+class _DiskFillsUp:
+    """An open file that takes ``room`` bytes, then fails as a full disk does."""
 
     def __init__(self, f, room):
         self.f, self.room = f, room
-
-    def writable(self):
-        return True
 
     def write(self, data):
         if len(data) > self.room:
@@ -297,6 +293,15 @@ class _DiskFillsUp(io.RawIOBase):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         self.room -= len(data)
         return self.f.write(data)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+    def __getattr__(self, name):  # flush, fileno, name, ...
+        return getattr(self.f, name)
 
 
 def _fail_fsync_of(name, monkeypatch):
@@ -312,15 +317,17 @@ def _fail_fsync_of(name, monkeypatch):
 
 
 def _fill_disk_while_writing(name, monkeypatch):
-    """torch.save of ``name`` writes 1000 bytes, then the disk is full."""
-    real_save = torch.save
+    """The file that becomes ``name`` takes 1000 bytes, then the disk is full (the writer
+    of every file of a hardened run, pale_mm.fileio.atomic_write, opens it)."""
+    import builtins
 
-    def save(obj, f, *args, **kwargs):
-        if f'/.{name}.' in getattr(f, 'name', ''):
-            f = _DiskFillsUp(f, 1000)
-        return real_save(obj, f, *args, **kwargs)
+    import pale_mm.fileio
 
-    monkeypatch.setattr(torch, 'save', save)
+    def open_filling_up(file, mode='r', *args, **kwargs):
+        f = builtins.open(file, mode, *args, **kwargs)
+        return _DiskFillsUp(f, 1000) if f'/.{name}.' in str(file) else f
+
+    monkeypatch.setattr(pale_mm.fileio, 'open', open_filling_up, raising=False)
 
 
 FAILURES = [('checkpoint', _fill_disk_while_writing, 'iter_4.pth', 'ENOSPC'),

@@ -29,7 +29,7 @@ class _RunsACommand:
         return (os.system, (f'touch {self.marker}', ))
 
 
-def test_malicious_checkpoint_is_refused(tmp_path):
+def test_malicious_checkpoint_is_refused(tmp_path, safe_loading):
     marker = tmp_path / 'pwned'
     path = tmp_path / 'evil.pth'
     torch.save({'state_dict': {}, 'payload': _RunsACommand(marker)}, path)
@@ -42,9 +42,11 @@ def test_malicious_checkpoint_is_refused(tmp_path):
 
 def test_mmengine_runner_checkpoint_roundtrip(tmp_path):
     """A checkpoint written by mmengine's Runner (message hub, numpy scalars, optimizer and
-    scheduler state) loads through mmengine under torch >= 2.6, and resume works."""
+    scheduler state) loads through mmengine in a HardenedRunner under torch >= 2.6 too, and
+    resume works."""
     from mmengine.model import BaseModel
-    from mmengine.runner import Runner
+
+    from pale_mm.engine.runner import HardenedRunner as Runner
 
     class ToyModel(BaseModel):
         def __init__(self):

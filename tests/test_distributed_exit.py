@@ -104,7 +104,8 @@ def test_the_process_group_dies_with_its_teardown_after_ddp():
     """The cause of the abort at exit: on torch 2.14 building DDP imported
     torch.distributed.nn.functional, whose ten ``group=group.WORLD`` defaults kept the
     group (and its gloo threads) alive past destroy_process_group until the interpreter
-    finalized. With pale_mm imported first, the group and its threads end with the teardown
+    finalized. With pale_mm's import_collectives_before_the_group called first (the tools and
+    HardenedRunner do), the group and its threads end with the teardown
     (without it: 5 threads left, 10 more references; checked on torch 2.14.1)."""
     out = subprocess.run([sys.executable, osp.join(ROOT, 'tests', 'scripts', 'group_after_ddp.py'),
                           str(free_port())],

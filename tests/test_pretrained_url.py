@@ -93,9 +93,10 @@ def test_downloaded_checkpoint_goes_through_the_allow_list(weights_server, tiny_
     assert not (tmp_path / 'pwned_by_url').exists()
 
 
-def test_mmengine_url_loading_goes_through_the_allow_list(weights_server, tmp_path, monkeypatch):
+def test_mmengine_url_loading_goes_through_the_allow_list(weights_server, tmp_path, monkeypatch,
+                                                         safe_loading):
     """load_from=URL and other backbones' URL init_cfg go through mmengine's own loader,
-    which pale_mm.compat points at the same download and allow-list."""
+    which the hardening (pale_mm.hardening) points at the same download and allow-list."""
     from mmengine.runner.checkpoint import _load_checkpoint
     root, base = weights_server.root, weights_server.url
     monkeypatch.chdir(tmp_path)

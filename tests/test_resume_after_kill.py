@@ -255,11 +255,11 @@ def test_resume_skips_an_incomplete_checkpoint(tmp_path):
 
 def test_old_checkpoint_is_deleted_only_after_the_new_one_is_saved(tmp_path, monkeypatch):
     """max_keep_ckpts=1: mmengine deletes the only checkpoint before writing the next one; a
-    save that fails (disk full) would leave nothing. Here the old one stays."""
+    save that fails (disk full) would leave nothing. In a HardenedRunner the old one stays."""
     from mmengine.model import BaseModel
-    from mmengine.runner import Runner
 
-    import pale_mm.compat as pc  # mmengine's save_checkpoint calls compat's atomic_save
+    import pale_mm.hardening as hardening  # the atomic file backend writes through it
+    from pale_mm.engine.runner import HardenedRunner
 
     class Toy(BaseModel):
         def __init__(self):
@@ -271,7 +271,7 @@ def test_old_checkpoint_is_deleted_only_after_the_new_one_is_saved(tmp_path, mon
             return {'loss': loss} if mode == 'loss' else [loss]
 
     data = [dict(inputs=torch.ones(2)) for _ in range(4)]
-    runner = Runner(
+    runner = HardenedRunner(
         model=Toy(), work_dir=str(tmp_path),
         train_dataloader=dict(dataset=data, batch_size=2, sampler=dict(type='DefaultSampler'),
                               collate_fn=dict(type='default_collate')),
@@ -280,16 +280,16 @@ def test_old_checkpoint_is_deleted_only_after_the_new_one_is_saved(tmp_path, mon
         default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=1,
                                            max_keep_ckpts=1)),
         default_scope='mmengine', experiment_name=f'keep1_{os.getpid()}')
-    real_save = pc.atomic_save
+    real_write = hardening.atomic_write
     calls = []
 
-    def save_fails_on_third(obj, filename):
+    def save_fails_on_third(filename, write):
         calls.append(filename)
         if len(calls) == 3:
             raise OSError(28, 'No space left on device')
-        real_save(obj, filename)
+        real_write(filename, write)
 
-    monkeypatch.setattr(pc, 'atomic_save', save_fails_on_third)
+    monkeypatch.setattr(hardening, 'atomic_write', save_fails_on_third)
     with pytest.raises(OSError, match='No space left'):
         runner.train()
     assert sorted(os.listdir(tmp_path / '')) and (tmp_path / 'epoch_2.pth').exists()

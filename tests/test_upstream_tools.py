@@ -3,9 +3,11 @@
 configs through ``custom_imports`` alone: each library in one fresh Python process that never
 imports pale_mm itself, on the synthetic data. The mmseg run takes its Pale weights from a
 URL (a local HTTP server on 127.0.0.1) through mmseg's train.py."""
+import glob
 import json
 import os
 import os.path as osp
+import re
 import subprocess
 import sys
 
@@ -108,3 +110,133 @@ def test_mmseg_tools_and_seg_inferencer(tmp_path, weights_server):
     assert f'from {base_url}/pale_small_in1k.pth' in log
     assert 'mIoU' in logged_test_metrics(tmp_path / 'test')
     assert found['prediction'] == [64, 64]
+
+
+# ---------------------------------------------------------------------------------------
+# import alone, and the opt-in (runner_type='HardenedRunner'), in the libraries' own tools
+PLAIN_DET = """_base_ = ['mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py']
+custom_imports = dict(imports=['pale_mm'], allow_failed_imports=False)
+model = dict(
+    backbone=dict(_delete_=True, type='PaleTransformer', drop_path_rate=0.,
+                  arch=dict(embed_dims=32, depths=[1, 1, 2, 1], num_heads=[2, 2, 4, 4])),
+    neck=dict(in_channels=[32, 64, 128, 256], out_channels=64),
+    rpn_head=dict(in_channels=64, feat_channels=64),
+    roi_head=dict(
+        bbox_roi_extractor=dict(out_channels=64),
+        bbox_head=dict(in_channels=64, fc_out_channels=256),
+        mask_roi_extractor=dict(out_channels=64),
+        mask_head=dict(in_channels=64, conv_out_channels=64)))
+"""
+
+_LOAD_WITHOUT_PALE_MM = """
+import sys
+from mmengine.runner.checkpoint import _load_checkpoint
+try:
+    _load_checkpoint(sys.argv[1])
+    print('LOAD loaded')
+except Exception as e:
+    print('LOAD', type(e).__name__)
+assert 'pale_mm' not in sys.modules
+"""
+
+
+def test_import_alone_leaves_mmdet_tools_as_they_are(tmp_path, tmp_path_factory):
+    """custom_imports of pale_mm in an mmdet config of its own (no runner_type): mmdet's
+    train.py trains Pale and validates it (Pale predicts), and mmengine afterwards loads
+    with its own loader: a checkpoint holding an argparse.Namespace (as timm's and many
+    research scripts save their arguments) loads, or not, exactly as without pale_mm."""
+    import argparse
+    info = coco_data(tmp_path_factory)
+    config = tmp_path / 'plain_pale_mask_rcnn.py'
+    config.write_text(PLAIN_DET)
+    namespace_ckpt = tmp_path / 'with_args.pth'
+    torch.save({'state_dict': {'w': torch.ones(2)}, 'args': argparse.Namespace(lr=0.1)},
+               namespace_ckpt)
+    options = data_options(info) + LIGHT_HEADS + [
+        'train_cfg.max_epochs=1', 'train_cfg.val_interval=1', 'default_hooks.logger.interval=1',
+        'train_dataloader.dataset.indices=2', 'val_dataloader.dataset.indices=2',
+        'test_dataloader.dataset.indices=2']
+    spec = dict(scope='mmdet', tools=_library_tools('mmdet'), cwd=str(tmp_path),
+                config=str(config), load=str(namespace_ckpt),
+                train=[str(config), '--work-dir', str(tmp_path / 'train'), '--cfg-options']
+                + options)
+    found, log = _run_driver(spec, torch_threads_env(1))
+    assert found['pale_mm_before'] is False and found['pale_mm_after_tools'] is True
+    log = open(sorted(glob.glob(str(tmp_path / 'train' / '*' / '*.log')))[-1]).read()
+    assert re.search(r'Epoch\(val\) \[1\]\[2/2\]\s+coco/bbox_mAP: [\d.]+', log)  # Pale predicted
+    assert (tmp_path / 'train' / 'epoch_1.pth').exists()
+    assert found['local_loader'] == 'mmengine.runner.checkpoint.load_from_local'
+    alone = subprocess.run([sys.executable, '-c', _LOAD_WITHOUT_PALE_MM, str(namespace_ckpt)],
+                           capture_output=True, text=True, timeout=300)
+    assert alone.returncode == 0, alone.stderr[-2000:]
+    without = alone.stdout.split('LOAD ', 1)[1].strip()
+    assert found['load'] == without, (found['load'], without)
+
+
+def _small_hardened_det(tmp_path, tmp_path_factory):
+    """A small Mask R-CNN from configs/mask_rcnn/pale_t_coco_1x.py (which has
+    runner_type='HardenedRunner') on the synthetic COCO, and its --cfg-options: one
+    iteration an epoch, a checkpoint every epoch, only the newest one kept."""
+    info = coco_data(tmp_path_factory)
+    config = write_small_config(tmp_path)
+    options = data_options(info) + LIGHT_HEADS + [
+        NO_VAL, 'model.backbone.init_cfg=None', 'model.backbone.drop_path_rate=0.',
+        'train_cfg.max_epochs=2', 'default_hooks.checkpoint.max_keep_ckpts=1',
+        'train_dataloader.dataset.indices=2', 'test_dataloader.dataset.indices=2']
+    return config, options
+
+
+class _RunsACommand:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f'touch {self.marker}', ))
+
+
+def test_opt_in_refuses_a_crafted_checkpoint_in_mmdet_test_tool(tmp_path, tmp_path_factory):
+    config, options = _small_hardened_det(tmp_path, tmp_path_factory)
+    marker = tmp_path / 'pwned'
+    evil = tmp_path / 'evil.pth'
+    torch.save({'state_dict': {}, 'meta': _RunsACommand(marker)}, evil)
+    proc = subprocess.run(
+        [sys.executable, osp.join(_library_tools('mmdet'), 'test.py'), config, str(evil),
+         '--work-dir', str(tmp_path / 'test'), '--cfg-options'] + options,
+        cwd=str(tmp_path), env=torch_threads_env(1), capture_output=True, text=True,
+        timeout=600)
+    assert proc.returncode != 0
+    assert "refused to load checkpoint" in proc.stderr and 'system' in proc.stderr, \
+        proc.stderr[-3000:]
+    assert not marker.exists()
+
+
+def test_opt_in_keeps_the_previous_checkpoint_when_killed_while_saving(tmp_path,
+                                                                       tmp_path_factory):
+    """mmdet's train.py with the opt-in, max_keep_ckpts=1, killed half way through writing
+    its second checkpoint: the first is whole, still there, and named by last_checkpoint."""
+    import signal
+    import time
+
+    from pale_mm.checkpoint import safe_load
+    config, options = _small_hardened_det(tmp_path, tmp_path_factory)
+    work = tmp_path / 'train'
+    ready = tmp_path / 'half_written'
+    proc = subprocess.Popen(
+        [sys.executable, osp.join(ROOT, 'tests', 'scripts', 'hang_on_second_save.py'),
+         str(ready), osp.join(_library_tools('mmdet'), 'train.py'), config, '--work-dir',
+         str(work), '--cfg-options'] + options,
+        cwd=str(tmp_path), env=torch_threads_env(1), stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+    while not ready.exists():
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            pytest.fail('the run ended before its second save: ' + proc.stderr.read()[-3000:])
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+    assert (work / 'epoch_1.pth').exists() and not (work / 'epoch_2.pth').exists()
+    assert safe_load(work / 'epoch_1.pth')['meta']['epoch'] == 1
+    assert (work / 'last_checkpoint').read_text().endswith('epoch_1.pth')
+    assert len(list(work.glob('.epoch_2.pth.*.tmp'))) == 1  # the half-written file

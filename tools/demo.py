@@ -76,6 +76,9 @@ def draw_predictions(cfg_path, checkpoint, info, out_dir):
     import cv2
     import numpy as np
     from mmseg.apis import inference_model, init_model
+
+    from pale_mm.hardening import enable_safe_loading
+    enable_safe_loading()  # mmseg's init_model loads through mmengine's loader
     model = init_model(cfg_path, checkpoint, device='cpu')
     colors = palette(info['num_classes'])
     img_dir = osp.join(info['root'], 'images', 'validation')

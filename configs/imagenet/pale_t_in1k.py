@@ -18,6 +18,8 @@ _base_ = [
     'mmpretrain::_base_/default_runtime.py',
 ]
 custom_imports = dict(imports=['pale_mm'], allow_failed_imports=False)
+# safe checkpoint loading, atomic checkpoints and last_checkpoint (pale_mm/hardening.py)
+runner_type = 'HardenedRunner'
 
 model = dict(
     type='ImageClassifier',

@@ -16,6 +16,8 @@ _base_ = [
     'mmseg::_base_/schedules/schedule_160k.py',
 ]
 custom_imports = dict(imports=['pale_mm'], allow_failed_imports=False)
+# safe checkpoint loading, atomic checkpoints and last_checkpoint (pale_mm/hardening.py)
+runner_type = 'HardenedRunner'
 
 crop_size = (512, 512)  # paper
 data_preprocessor = dict(size=crop_size)

@@ -8,11 +8,9 @@ torch >= 2.6 loads with ``weights_only=True`` by default, and mmengine 0.10.7 ca
 (``weights_only=False``) would let any downloaded checkpoint run code on load. Instead,
 :func:`safe_load` keeps ``weights_only`` loading and allows exactly the classes that
 mmengine, mmdet, mmseg and mmpretrain checkpoints hold (:data:`ALLOWED_GLOBALS`).
-:mod:`pale_mm.compat` makes mmengine's local-file loader (used for ``init_cfg`` Pretrained,
-``load_from`` and ``--resume``) go through it where the installed versions need it.
-
-Saving is atomic (:func:`pale_mm.fileio.atomic_save`, used by :mod:`pale_mm.compat` for
-mmengine's saves).
+In a hardened run (:mod:`pale_mm.hardening`) mmengine's loaders (``init_cfg`` Pretrained,
+``load_from``, ``--resume``, URLs) go through it, and its saves are atomic
+(:mod:`pale_mm.fileio`).
 
 Every local checkpoint is checked whole before it is loaded (:func:`checkpoint_problem`:
 cut short, damaged bytes by the CRC-32 of every record, no checkpoint at all), and

@@ -1,6 +1,7 @@
 """Safe checkpoint loading: ``torch.load`` with ``weights_only`` and an allow-list of exactly
 the classes mmengine, mmdet, mmseg and mmpretrain checkpoints hold."""
 import codecs
+import collections
 import functools
 import os.path as osp
 import pickle
@@ -46,23 +47,40 @@ def _numpy_globals() -> List:
     return found
 
 
+class _FunctionsOf:
+    """What a class name in a checkpoint resolves to where the pickle only looks functions
+    up on the class (``getattr(cls, name)``): the class is never called."""
+
+    def __init__(self, cls, names):
+        self.cls, self.names = cls, names
+        self.__name__ = cls.__name__  # as refusals name it
+
+
 def _allowed_globals() -> List:
     from mmengine.logging.history_buffer import HistoryBuffer
+    from mmengine.optim.scheduler.param_scheduler import OneCycleParamScheduler
 
-    # HistoryBuffer pickles its statistics methods as ``getattr(HistoryBuffer, 'min')``.
-    # Allowing ``getattr`` itself would let a pickle walk from any allowed object to
-    # ``os.system``; this stand-in allows exactly those look-ups and nothing else.
-    statistics = ('min', 'max', 'current', 'mean')
+    # Functions kept in checkpoints pickle as ``getattr(cls, name)``: HistoryBuffer's
+    # statistics, and the annealing function (a static method) that OneCycleParamScheduler
+    # keeps in its state. Allowing ``getattr`` itself would let a pickle walk from any
+    # allowed object to ``os.system``; this stand-in allows exactly these look-ups.
+    one_cycle = _FunctionsOf(OneCycleParamScheduler, ('_annealing_cos', '_annealing_linear'))
+    lookups = {HistoryBuffer: ('min', 'max', 'current', 'mean'),
+               one_cycle: one_cycle.names}
 
-    def history_buffer_getattr(obj, name):
-        if obj is HistoryBuffer and name in statistics:
-            return getattr(obj, name)
+    def allowed_getattr(obj, name):
+        if name in lookups.get(obj, ()):
+            return getattr(obj.cls if obj is one_cycle else obj, name)
         raise pickle.UnpicklingError(
             f'GLOBAL getattr({getattr(obj, "__name__", type(obj).__name__)}, {name!r}): only '
-            f'HistoryBuffer.{{{", ".join(statistics)}}} may be looked up')
+            + ', '.join(f'{getattr(c, "__name__", c)}.{{{", ".join(n)}}}'
+                        for c, n in lookups.items()) + ' may be looked up')
 
-    return _numpy_globals() + [HistoryBuffer] + [
-        (history_buffer_getattr, f'{module}.getattr') for module in ('builtins', '__builtin__')
+    # collections.Counter: mmengine's MultiStepParamScheduler keeps its milestones in one
+    # (the 1x and 3x detection schedules); torch's own weights-only list has it too
+    return _numpy_globals() + [HistoryBuffer, collections.Counter] + [
+        (one_cycle, f'{OneCycleParamScheduler.__module__}.OneCycleParamScheduler')] + [
+        (allowed_getattr, f'{module}.getattr') for module in ('builtins', '__builtin__')
     ]
 
 
@@ -71,7 +89,7 @@ ALLOWED_GLOBALS = _allowed_globals()
 
 def _describe_allowed() -> str:
     return ('tensors, plain Python containers and numbers, numpy arrays, dtypes and scalars, '
-            "and mmengine's HistoryBuffer")
+            "collections.Counter, mmengine's HistoryBuffer and OneCycle's annealing functions")
 
 
 def safe_load(filename: str, map_location='cpu'):
@@ -91,7 +109,7 @@ def safe_load(filename: str, map_location='cpu'):
     try:
         return _torch_load(filename, map_location)
     except _LOAD_ERRORS as e:
-        raise _load_error(filename, e) from None
+        raise _load_error(filename, e, map_location=map_location) from None
 
 
 # torch >= 2.5 has ``torch.serialization.safe_globals``: its own weights_only unpickler,
@@ -175,22 +193,36 @@ class _allow_list_pickle:  # noqa: N801  (stands in for the ``pickle`` module)
 _LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError)
 
 
-def _load_error(filename: str, error: BaseException, what: str = 'checkpoint') -> PaleError:
+def _load_error(filename: str, error: BaseException, what: str = 'checkpoint',
+                map_location='cpu') -> PaleError:
     """The error to raise for torch.load's ``error`` on ``filename``."""
     problem, refused = _load_problem(error)
     if refused:
+        names = _refused_globals(str(error))
+        where = where_global_is(filename, names[0], map_location)
+        if where:
+            problem = problem.replace(names[0], f'{names[0]} (at {where})', 1)
         return UnsafeCheckpointError(
             f'refused to load checkpoint {filename}: it {problem}. If you trust the file, '
             "re-save only its weights: torch.save({'state_dict': torch.load(path, "
-            "weights_only=False)['state_dict']}, new_path).")
+            "weights_only=False)['state_dict']}, new_path). If pale_mm's or OpenMMLab's "
+            'own tools wrote it, the allow-list misses a class they save: please report '
+            'this line.')
     return BrokenCheckpointError(f'{what} {filename} {problem}. {BROKEN_FIX}')
+
+
+def _refused_globals(text: str) -> List[str]:
+    """The globals an unpickler refused, as torch's and pale_mm's refusals name them (a
+    refused look-up as ``getattr(Class, 'name')``)."""
+    return (re.findall(r'GLOBAL (getattr\([^)]*\))', text)
+            or re.findall(r'GLOBAL ([\w.]+)', text) or re.findall(r'global ([\w.]+)', text))
 
 
 def _load_problem(error: BaseException) -> Tuple[str, bool]:
     """What torch.load's ``error`` says is wrong with a file, as the end of a sentence that
     begins with the file's name, and whether it is an object outside the allow-list."""
     text = str(error)
-    names = re.findall(r'GLOBAL ([\w.]+)', text) or re.findall(r'global ([\w.]+)', text)
+    names = _refused_globals(text)
     if isinstance(error, pickle.UnpicklingError) and names:
         return (f"holds {names[0]}, which is not on pale_mm's allow-list "
                 f'({_describe_allowed()}). Unpickling it could run arbitrary code', True)
@@ -203,3 +235,89 @@ def _load_problem(error: BaseException) -> Tuple[str, bool]:
         text = text.split(end)[0]
     text = re.sub(r'^\[enforce fail at [^\]]*\]\s*\.?\s*', '', text.strip())
     return f'cannot be loaded: {text or type(error).__name__}', False
+
+
+# ---------------------------------------------------------------------------------------
+# Where a refused class is in a checkpoint: read once more with every global outside the
+# allow-list replaced by a stand-in class that runs nothing, then look for the stand-in.
+class _StandIn:
+    """Stands for an object of a class (or a call of a function) outside the allow-list:
+    creating, filling and updating it runs nothing."""
+    global_name = ''
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        pass
+
+    def __setitem__(self, key, value):  # dict subclasses are filled item by item
+        pass
+
+    def append(self, value):  # list subclasses too
+        pass
+
+    def extend(self, values):
+        pass
+
+
+class _StandInUnpickler(pickle.Unpickler):
+
+    def find_class(self, module: str, name: str):
+        obj = _allowed_by_name().get(f'{module}.{name}')
+        if obj is not None and name == 'getattr':
+            return functools.partial(_stand_in_getattr, obj)
+        if obj is not None:
+            return obj
+        return type('StandIn', (_StandIn, ), dict(global_name=f'{module}.{name}'))
+
+
+def _stand_in_getattr(allowed_getattr, target, attr):
+    """An attribute of a stand-in is the stand-in; a refused look-up becomes one."""
+    if isinstance(target, _StandIn):
+        return target
+    try:
+        return allowed_getattr(target, attr)
+    except pickle.UnpicklingError:
+        stand_in = _StandIn()
+        stand_in.global_name = f'getattr({getattr(target, "__name__", target)}, {attr!r})'
+        return stand_in
+
+
+class _stand_in_pickle:  # noqa: N801  (stands in for the ``pickle`` module)
+    Unpickler = _StandInUnpickler
+    UnpicklingError = pickle.UnpicklingError
+    __name__ = 'pale_mm_stand_in_pickle'
+
+    @staticmethod
+    def load(f, **kwargs):
+        return _StandInUnpickler(f, **kwargs).load()
+
+
+def where_global_is(filename: str, global_name: str, map_location='cpu') -> str:
+    """The key path (``param_schedulers[1].milestones``) of the first object of
+    ``global_name`` in the checkpoint, or '' where it cannot be told."""
+    try:
+        obj = torch.load(filename, map_location=map_location, weights_only=False,
+                         pickle_module=_stand_in_pickle)
+    except Exception:  # a stand-in where an allowed rebuilder wanted a real object
+        return ''
+    queue = collections.deque([('', obj)])
+    seen = set()
+    while queue:
+        path, node = queue.popleft()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, _StandIn):
+            if node.global_name == global_name:
+                return path or '(the whole file)'
+            continue
+        if isinstance(node, dict):
+            for key, value in node.items():
+                step = (f'.{key}' if path else key) if (isinstance(key, str)
+                                                       and key.isidentifier()) else f'[{key!r}]'
+                queue.append((path + step, value))
+        elif isinstance(node, (list, tuple)):
+            queue.extend((f'{path}[{i}]', value) for i, value in enumerate(node))
+    return ''

@@ -2,6 +2,7 @@
 teardown at the end of a run."""
 import contextlib
 import gc
+import importlib
 import os
 import warnings
 
@@ -9,16 +10,20 @@ import torch
 
 from ..errors import LaunchError
 
-# torch.distributed.nn.functional's ten collectives take ``group=group.WORLD`` as a default
-# argument, evaluated when the module is first imported. On torch 2.14 constructing DDP
-# imports it (through torch.distributed._shard), after the process group exists: the ten
-# defaults then hold the group, so destroy_process_group leaves it (and its gloo threads)
-# alive until the interpreter finalizes, where tearing it down aborted the process
-# ("terminate called without an active exception"). Imported here, before any group
-# exists (``import pale_mm`` imports this module), the defaults are None: the group of the
-# call. docs/cluster.md, "Ending a distributed run".
-if torch.distributed.is_available():
-    import torch.distributed.nn  # noqa: F401,E402
+def import_collectives_before_the_group() -> None:
+    """Import ``torch.distributed.nn`` while no process group exists.
+
+    Its ten collectives take ``group=group.WORLD`` as a default argument, evaluated when
+    the module is first imported. On torch 2.14 constructing DDP imports it (through
+    torch.distributed._shard), after the group exists: the ten defaults then hold the
+    group, so destroy_process_group leaves it (and its gloo threads) alive until the
+    interpreter finalizes, where tearing it down aborted the process ("terminate called
+    without an active exception"). Imported before any group exists, the defaults are
+    None: the group of the call. :func:`setup_distributed` calls it before it starts a
+    group, :class:`~pale_mm.engine.runner.HardenedRunner` before mmengine does.
+    docs/cluster.md, "Ending a distributed run"."""
+    if torch.distributed.is_available():
+        importlib.import_module('torch.distributed.nn')
 
 
 def is_main_process() -> bool:
@@ -34,6 +39,7 @@ def setup_distributed(cfg, launcher: str) -> None:
     group is started here and DDP is told to keep the model on the CPU.
     """
     cfg.launcher = launcher
+    import_collectives_before_the_group()  # before this function or mmengine starts one
     if launcher == 'none' or torch.cuda.is_available():
         return
     import torch.distributed as dist

@@ -5,7 +5,8 @@ group, after the teardown; the group's references before DDP, after DDP was free
     python tests/scripts/group_after_ddp.py PORT
 """
 import gc, os, sys
-import pale_mm  # noqa: F401  as the tools and configs' custom_imports do: before any process group
+from pale_mm.launch.distributed import import_collectives_before_the_group
+import_collectives_before_the_group()  # as the tools and HardenedRunner do: before any group
 import torch, torch.distributed as dist
 def threads():
     return len(os.listdir('/proc/self/task'))

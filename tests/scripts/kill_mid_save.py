@@ -1,23 +1,34 @@
-"""tests/test_resume_after_kill.py: mmengine's save_checkpoint (atomic through pale_mm) that
-writes half the file, touches READY and sleeps, to be killed there.
+"""tests/test_resume_after_kill.py: mmengine's save_checkpoint through the hardening's atomic
+file backend (as HardenedRunner saves), whose write stops half way, touches READY and
+sleeps, to be killed there.
 
     python tests/scripts/kill_mid_save.py PATH READY
 """
-import io, sys, time
+import io
+import sys
+import time
+
 import torch
-import pale_mm  # noqa: F401  (atomic saving)
 from mmengine.runner.checkpoint import save_checkpoint
+
+import pale_mm.hardening as hardening
+
 path, ready = sys.argv[1], sys.argv[2]
-real_save = torch.save
+real_atomic_write = hardening.atomic_write
 
-def save_half_then_hang(obj, f):
-    buf = io.BytesIO()
-    real_save(obj, buf)
-    data = buf.getvalue()
-    f.write(data[:len(data) // 2])
-    f.flush()
-    open(ready, 'w').close()
-    time.sleep(600)  # killed here, half written
 
-torch.save = save_half_then_hang
-save_checkpoint({'state_dict': {'w': torch.full((1000,), 2.0)}}, path)
+def write_half_then_hang(filename, write):
+    def half(f):
+        buf = io.BytesIO()
+        write(buf)
+        data = buf.getvalue()
+        f.write(data[:len(data) // 2])
+        f.flush()
+        open(ready, 'w').close()
+        time.sleep(600)  # killed here, half written
+    real_atomic_write(filename, half)
+
+
+hardening.atomic_write = write_half_then_hang
+save_checkpoint({'state_dict': {'w': torch.full((1000,), 2.0)}}, path,
+                backend_args=hardening.atomic_backend_args())

@@ -1,6 +1,8 @@
 """tests/test_upstream_tools.py: runs the library's own tools/train.py and tools/test.py as
 __main__ (argv as on the command line), then its inferencer on the config with the given
-overrides; prints what it found as one line of json (FOUND {...}).
+overrides (each step only where the spec has it); prints what it found as one line of json
+(FOUND {...}): among it, which loader mmengine loads local checkpoints with afterwards, and
+how ``spec['load']`` (a checkpoint) loads through it.
 
     python tests/scripts/upstream_tools_driver.py SPEC_JSON
 """
@@ -24,8 +26,22 @@ def run(script, args):
 
 
 run(spec['tools'] + '/train.py', spec['train'])
-run(spec['tools'] + '/test.py', spec['test'])
+if spec.get('test'):
+    run(spec['tools'] + '/test.py', spec['test'])
 found['pale_mm_after_tools'] = 'pale_mm' in sys.modules
+
+from mmengine.runner.checkpoint import CheckpointLoader, _load_checkpoint
+loader = CheckpointLoader._schemes['']
+found['local_loader'] = f'{loader.__module__}.{loader.__qualname__}'
+if spec.get('load'):
+    try:
+        _load_checkpoint(spec['load'])
+        found['load'] = 'loaded'
+    except Exception as e:  # what mmengine (or the hardening) said of it
+        found['load'] = type(e).__name__
+if not spec.get('inferencer_options'):
+    print('FOUND ' + json.dumps(found))
+    sys.exit(0)
 
 from mmengine.config import Config, DictAction
 cfg = Config.fromfile(spec['config'])

@@ -1,5 +1,6 @@
-"""mmengine's Runner for pale_mm's tools: data loaders read their samples through
-:class:`pale_mm.data.checks.CheckedPipeline`, so a broken file or label names itself."""
+"""The Runner of pale_mm's tools: hardened (:class:`HardenedRunner`), and its data loaders
+read their samples through :class:`pale_mm.data.checks.CheckedPipeline`, so a broken file or
+label names itself."""
 import functools
 import os
 
@@ -7,11 +8,13 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from ..hooks.data_check_hook import wrap_dataset_pipelines
+from .hardened_runner import HardenedRunner
 
 
-class CheckedDataRunner(Runner):
-    """A Runner whose data loaders' pipelines are wrapped as each loader is built (before an
-    iteration-based loop starts its worker processes)."""
+@RUNNERS.register_module()
+class CheckedDataRunner(HardenedRunner):
+    """A :class:`HardenedRunner` whose data loaders' pipelines are wrapped as each loader is
+    built (before an iteration-based loop starts its worker processes)."""
 
     @staticmethod
     def build_dataloader(dataloader, seed=None, diff_rank_seed=False):
@@ -22,7 +25,8 @@ class CheckedDataRunner(Runner):
 
 
 def build_runner(cfg) -> Runner:
-    """The config's own ``runner_type`` if it names one, else :class:`CheckedDataRunner`."""
+    """:class:`CheckedDataRunner`, unless the config's ``runner_type`` names a runner other
+    than :class:`HardenedRunner` (then that one: the config's choice)."""
     vis = cfg.get('visualizer')
     if isinstance(vis, dict) and vis.get('name'):
         # mmdet/mmseg configs name the visualizer 'visualizer'; mmengine then hands a second
@@ -30,7 +34,7 @@ def build_runner(cfg) -> Runner:
         # visualizer, which writes the scalars into the first run's work dir. Unnamed, it
         # takes the run's own experiment name.
         vis.pop('name')
-    if 'runner_type' in cfg:
+    if cfg.get('runner_type', 'HardenedRunner') not in ('HardenedRunner', HardenedRunner):
         return RUNNERS.build(cfg)
     return CheckedDataRunner.from_cfg(cfg)
 

@@ -1,0 +1,55 @@
+"""HardenedRunner: the opt-in to pale_mm's run hardening (:mod:`pale_mm.hardening`)."""
+from mmengine.hooks import CheckpointHook, LoggerHook
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
+
+from ...checkpoint import is_url
+from ...hardening import atomic_backend_args, enable_safe_loading
+from ...launch.distributed import import_collectives_before_the_group
+from ..hooks.atomic_checkpoint_hook import AtomicCheckpointHook
+from ..hooks.rank_zero_logger_hook import RankZeroLoggerHook
+
+# mmengine's hook -> the hardened subclass that takes its place (same arguments)
+HARDENED_HOOKS = {CheckpointHook: AtomicCheckpointHook, LoggerHook: RankZeroLoggerHook}
+_BY_NAME = {name: hardened for plain, hardened in HARDENED_HOOKS.items()
+            for name in (plain.__name__, f'mmengine.{plain.__name__}')}
+
+
+@RUNNERS.register_module()
+class HardenedRunner(Runner):
+    """mmengine's ``Runner`` (same arguments) for runs that must survive what long runs
+    meet: ``runner_type = 'HardenedRunner'`` in a config (with ``custom_imports`` of
+    ``pale_mm``) turns it on, in pale_mm's tools and in mmdet's, mmseg's and mmpretrain's
+    own ``tools/train.py`` and ``tools/test.py`` alike.
+
+    * checkpoints load through pale_mm's allow-list (:func:`pale_mm.hardening.
+      enable_safe_loading`, from the runner's construction on, for the process);
+    * local checkpoints are written atomically (``save_checkpoint`` passes the atomic file
+      backend unless the caller names a backend);
+    * the config's ``CheckpointHook`` and ``LoggerHook`` become
+      :class:`~pale_mm.engine.hooks.AtomicCheckpointHook` and
+      :class:`~pale_mm.engine.hooks.RankZeroLoggerHook` (a hook of another type is kept).
+    """
+
+    def __init__(self, *args, **kwargs):
+        enable_safe_loading()
+        import_collectives_before_the_group()  # Runner.__init__ may start the group
+        super().__init__(*args, **kwargs)
+
+    def register_hook(self, hook, priority=None) -> None:
+        if isinstance(hook, dict) and _type_key(hook.get('type')) in _BY_NAME:
+            hook = dict(hook, type=_BY_NAME[_type_key(hook.get('type'))])
+        super().register_hook(hook, priority=priority)
+
+    def save_checkpoint(self, out_dir, filename, file_client_args=None, *args,
+                        backend_args=None, **kwargs):
+        if file_client_args is None and backend_args is None and not is_url(str(out_dir)):
+            backend_args = atomic_backend_args()
+        return super().save_checkpoint(out_dir, filename, file_client_args, *args,
+                                       backend_args=backend_args, **kwargs)
+
+
+def _type_key(hook_type) -> str:
+    if isinstance(hook_type, type):
+        return hook_type.__name__ if hook_type in HARDENED_HOOKS else ''
+    return str(hook_type)
