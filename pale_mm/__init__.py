@@ -11,8 +11,7 @@ from .version import check_mmcv
 check_mmcv()  # before anything imports mmcv's modules: one line naming the fix
 
 from . import engine  # noqa: F401,E402  (registers pale_mm's hooks, loop and runners)
-from .models import (ARCH_SETTINGS, PaleTransformer, pale_attention,  # noqa: E402
-                     pale_attention_reference)
+from .models import ARCH_SETTINGS, PaleTransformer, pale_attention, pale_attention_reference  # noqa: E402
 from .registry import register_all  # noqa: E402
 from .version import __version__  # noqa: E402
 

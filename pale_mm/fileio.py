@@ -104,7 +104,8 @@ def atomic_save(obj, filename: str) -> None:
 @contextlib.contextmanager
 def atomic_text_file(filename: str):
     """A text buffer for a ``with`` block, written to ``filename`` atomically once the
-    block completes (mmengine's ``last_checkpoint``, see :class:`pale_mm.engine.hooks.AtomicCheckpointHook`)."""
+    block completes (mmengine's ``last_checkpoint``, see
+    :class:`pale_mm.engine.hooks.AtomicCheckpointHook`)."""
     text = io.StringIO()
     yield text
     atomic_write(filename, lambda f: f.write(text.getvalue().encode()))

@@ -60,6 +60,9 @@ echo "setup_env.sh: installing mmengine, mmdet, mmsegmentation$(pinned mmpretrai
 # shellcheck disable=SC2046
 "$PY" -m pip install -q -r requirements/runtime.txt -r requirements/tests.txt -r requirements/deploy.txt \
   $(pinned torch) $(pinned mmpretrain)
+# the editable install goes through setup.py's PEP 660 hook (pyproject.toml exists), which
+# setuptools has from 64 on; mmcv's build left an older one where torch asks for none newer
+"$PY" -m pip install -q 'setuptools>=64,<81'
 "$PY" -m pip install -q --no-build-isolation --no-deps -e .
 echo "setup_env.sh: installing mmdeploy beside the environment ($VENV/mmdeploy-packages)"
 "$PY" -m pip install -q --no-deps --upgrade --target "$VENV/mmdeploy-packages" \

@@ -2,8 +2,7 @@
 import pytest
 import torch
 
-from pale_mm.models.pale_attention import (pale_attention, pale_attention_reference,
-                                           pale_mask)
+from pale_mm.models.pale_attention import pale_attention, pale_attention_reference, pale_mask
 
 CASES = [
     # H, W, heads, C, pale size

@@ -15,15 +15,24 @@ import subprocess
 import sys
 
 import cv2
-import numpy as np
 import pytest
 import torch
-from det_common import (LIGHT_HEADS, NO_VAL, ROOT, coco_data, data_options, tool,
-                        torch_threads_env, tree_digest, write_small_config)
-from seg_common import own_visualizer, small_seg_options
 
 from pale_mm.synthetic.ade import make_ade
 from pale_mm.synthetic.imagenet import imagenet_cfg_options, make_imagenet
+
+from det_common import (
+    LIGHT_HEADS,
+    NO_VAL,
+    ROOT,
+    coco_data,
+    data_options,
+    tool,
+    torch_threads_env,
+    tree_digest,
+    write_small_config,
+)
+from seg_common import small_seg_options
 
 ADE_CONFIG = osp.join(ROOT, 'configs/upernet/pale_t_ade20k.py')
 NUM_CLASSES = 4

@@ -25,12 +25,13 @@ import zipfile
 
 import pytest
 import torch
-from det_common import ROOT, tool, torch_threads_env, tree_digest
-from seg_common import small_seg_options
 
 from pale_mm.checkpoint import checkpoint_problem, safe_load
-from pale_mm.synthetic.ade import make_ade
 from pale_mm.launch.work_dir import find_resume_checkpoint
+from pale_mm.synthetic.ade import make_ade
+
+from det_common import ROOT, tool, torch_threads_env, tree_digest
+from seg_common import small_seg_options
 
 CONFIG_DUMP = 'pale_t_ade20k.py'  # mmengine writes each run's config to the work dir's top
 

@@ -13,10 +13,17 @@ import torch
 from mmengine.runner.checkpoint import _load_checkpoint, load_checkpoint
 
 from pale_mm import PaleTransformer
-from pale_mm.checkpoint import (BrokenCheckpointError, CheckpointWriteError,
-                                UnsafeCheckpointError, atomic_save, atomic_text_file,
-                                atomic_write, checkpoint_problem, load_pretrained_backbone,
-                                safe_load)
+from pale_mm.checkpoint import (
+    BrokenCheckpointError,
+    CheckpointWriteError,
+    UnsafeCheckpointError,
+    atomic_save,
+    atomic_text_file,
+    atomic_write,
+    checkpoint_problem,
+    load_pretrained_backbone,
+    safe_load,
+)
 
 
 class _RunsACommand:

@@ -119,8 +119,8 @@ def test_classification_checkpoint_loads_into_downstream_backbones(classifier_ch
     norms of stages 0-2, which the classifier has no use for."""
     import importlib
 
-    from pale_mm.launch.run_config import load_config
     from pale_mm.checkpoint import safe_load
+    from pale_mm.launch.run_config import load_config
     cfg = load_config(osp.join(ROOT, config),
                              {'model.backbone.init_cfg.checkpoint': classifier_checkpoint})
     registry = importlib.import_module(f'{cfg.default_scope}.registry').MODELS

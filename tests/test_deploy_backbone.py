@@ -14,8 +14,13 @@ import torch.nn.functional as F
 pytest.importorskip('onnxruntime', reason='pale_mm[deploy] is not installed')
 
 from pale_mm.deploy import onnx_export  # noqa: E402
-from pale_mm.deploy.onnx_export import (BackboneGraph, adaptive_pool_matrix,  # noqa: E402
-                                        example_image, export_onnx, exporter_available)
+from pale_mm.deploy.onnx_export import (  # noqa: E402
+    BackboneGraph,
+    adaptive_pool_matrix,
+    example_image,
+    export_onnx,
+    exporter_available,
+)
 from pale_mm.deploy.onnx_runtime import DeployError, OnnxModel  # noqa: E402
 from pale_mm.models import PaleTransformer  # noqa: E402
 

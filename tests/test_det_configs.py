@@ -8,13 +8,22 @@ import os.path as osp
 
 import pytest
 import torch
-from det_common import (CONFIG_DIR, LIGHT_HEADS, NO_VAL, ROOT, coco_data, data_options, tool,
-                        train_losses)
 
-from pale_mm.launch.run_config import load_config
 from pale_mm.checkpoint import safe_load
-from pale_mm.synthetic.coco import cli_cfg_options, mmdet_cfg_options
+from pale_mm.launch.run_config import load_config
 from pale_mm.models import ARCH_SETTINGS, PaleTransformer
+from pale_mm.synthetic.coco import cli_cfg_options, mmdet_cfg_options
+
+from det_common import (
+    CONFIG_DIR,
+    LIGHT_HEADS,
+    NO_VAL,
+    ROOT,
+    coco_data,
+    data_options,
+    tool,
+    train_losses,
+)
 
 # end to end through the tools: left out of `make test-quick`
 pytestmark = pytest.mark.slow

@@ -6,10 +6,10 @@ import os.path as osp
 
 import numpy as np
 import pytest
-from det_common import HEIGHT, NUM_TRAIN, NUM_VAL, WIDTH, coco_data
 
-from pale_mm.synthetic.coco import (SHAPES, cli_cfg_options, make_coco,
-                                         mmdet_cfg_options)
+from pale_mm.synthetic.coco import SHAPES, cli_cfg_options, make_coco, mmdet_cfg_options
+
+from det_common import HEIGHT, NUM_TRAIN, NUM_VAL, WIDTH, coco_data
 
 
 def _load(path):

@@ -8,6 +8,7 @@ The model is configs/mask_rcnn/pale_t_coco_1x.py with a small Pale, narrower FPN
 (derived config, det_common.SMALL_PALE_CONFIG) and fewer sampled RoIs, so that an iteration
 takes about a second on two cores; the real Pale-T config trains a step in
 test_det_configs.py."""
+import collections
 import math
 import os
 import os.path as osp
@@ -18,11 +19,26 @@ import sys
 
 import pytest
 import torch
-from det_common import (HEIGHT, LIGHT_HEADS, NO_VAL, NUM_TRAIN, NUM_VAL, ROOT, WIDTH, coco_data,
-                        data_options, free_port, logged_test_metrics, tool, torch_threads_env,
-                        train_losses, write_small_config)
 
 from pale_mm.checkpoint import safe_load
+
+from det_common import (
+    HEIGHT,
+    LIGHT_HEADS,
+    NO_VAL,
+    NUM_TRAIN,
+    NUM_VAL,
+    ROOT,
+    WIDTH,
+    coco_data,
+    data_options,
+    free_port,
+    logged_test_metrics,
+    tool,
+    torch_threads_env,
+    train_losses,
+    write_small_config,
+)
 
 # end to end through the tools: left out of `make test-quick`
 pytestmark = pytest.mark.slow
@@ -184,22 +200,41 @@ def test_dist_test_two_processes_equal_single_process(trained, single_process_ev
     _assert_same_predictions(dist_results, single_process_eval['results'])
 
 
-def test_dist_train_two_processes(trained, tmp_path):
-    """tools/dist_train.sh: two CPU processes (gloo, DDP) share the 4 images of one epoch."""
+def test_dist_train_resume_and_test_two_processes(trained, tmp_path):
+    """tools/dist_train.sh: two CPU processes (gloo, DDP) share the 4 images of one epoch;
+    then --resume in two processes trains the second epoch from that checkpoint (whose
+    multi-step schedule keeps its milestones in a collections.Counter), and
+    tools/dist_test.sh evaluates the result in two processes."""
     work_dir = tmp_path / 'dist_train'
     env = torch_threads_env(1)
-    env.update(PYTHON=sys.executable, PORT=str(free_port()))
-    proc = subprocess.run(
-        ['bash', osp.join(ROOT, 'tools', 'dist_train.sh'), trained['config'], '2',
-         '--work-dir', str(work_dir), '--cfg-options', *trained['options'],
-         'model.backbone.init_cfg=None', 'train_dataloader.dataset.indices=4',
-         'train_cfg.max_epochs=1', 'train_cfg.val_interval=2',
-         'default_hooks.logger.interval=1', 'log_processor.window_size=1',
-         'default_hooks.checkpoint.save_optimizer=False'],
-        cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    env.update(PYTHON=sys.executable)
+
+    def dist(tool_name, *args):
+        env['PORT'] = str(free_port())
+        proc = subprocess.run(['bash', osp.join(ROOT, 'tools', tool_name), *args],
+                              cwd=str(tmp_path), env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+
+    train_options = ['--cfg-options', *trained['options'], 'model.backbone.init_cfg=None',
+                     'train_dataloader.dataset.indices=4', 'train_cfg.val_interval=3',
+                     'default_hooks.logger.interval=1', 'log_processor.window_size=1']
+    dist('dist_train.sh', trained['config'], '2', '--work-dir', str(work_dir),
+         *train_options, 'train_cfg.max_epochs=1')
     losses = train_losses(work_dir)
     assert [it for it, _ in losses] == [1]  # 4 images / (2 processes x batch 2)
     assert math.isfinite(losses[0][1])
     ckpt = safe_load(str(work_dir / 'epoch_1.pth'))
     assert not any(k.startswith('module.') for k in ckpt['state_dict'])
+    assert isinstance(ckpt['param_schedulers'][1]['milestones'], collections.Counter)
+
+    resumed = tmp_path / 'dist_resumed'
+    dist('dist_train.sh', trained['config'], '2', '--work-dir', str(resumed), '--resume',
+         str(work_dir / 'epoch_1.pth'), *train_options, 'train_cfg.max_epochs=2')
+    assert [it for it, _ in train_losses(resumed)] == [2]  # numbered on from the checkpoint
+    assert safe_load(str(resumed / 'epoch_2.pth'))['meta']['epoch'] == 2
+
+    dist('dist_test.sh', trained['config'], str(resumed / 'epoch_2.pth'), '2', '--work-dir',
+         str(tmp_path / 'dist_test'), '--cfg-options', *trained['options'])
+    metrics = logged_test_metrics(tmp_path / 'dist_test')
+    assert 0.0 <= metrics['coco/bbox_mAP'] <= 1.0 and 0.0 <= metrics['coco/segm_mAP'] <= 1.0

@@ -17,12 +17,13 @@ import time
 
 import pytest
 import torch.distributed as dist
-from det_common import free_port, tool
-from seg_common import small_seg_options
 
 from pale_mm.engine.hooks import PREEMPTED_EXIT_CODE, TrainingPreempted
 from pale_mm.launch import distributed
 from pale_mm.synthetic.ade import make_ade
+
+from det_common import free_port, tool
+from seg_common import small_seg_options
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG = osp.join(ROOT, 'configs/upernet/pale_t_ade20k.py')
@@ -168,13 +169,13 @@ def test_tools_destroy_the_process_group(ade, gloo_group, tmp_path):
 
 @pytest.mark.slow
 def test_two_process_train_and_test_end_cleanly_under_load(tmp_path):
-    """One round of scripts/soak_dist_exit.py: the 2-process train and test commands back to
+    """One round of tests/scripts/soak_dist_exit.py: the 2-process train and test commands back to
     back beside 2 busy processes, as the abort showed (before the fix, 1 run in 30 of the
     demo UperNet; both full suite runs of the day it was filed). Every run exits 0, none
     aborts, no log has DDP's gradient-layout warning. The abort's condition itself (a gloo
     thread alive after the tools return) is checked without chance by
     test_tools_destroy_the_process_group; longer soaks: `--rounds 20` by hand (docs/cluster.md)."""
-    res = subprocess.run([sys.executable, osp.join(ROOT, 'scripts/soak_dist_exit.py'),
+    res = subprocess.run([sys.executable, osp.join(ROOT, 'tests', 'scripts', 'soak_dist_exit.py'),
                           '--rounds', '1', '--work-dir', str(tmp_path)],
                          capture_output=True, text=True, timeout=1200)
     summary = json.loads(res.stdout.strip().splitlines()[-1].split('SUMMARY ', 1)[1])

@@ -14,9 +14,10 @@ import torch
 
 pytest.importorskip('onnxruntime', reason='pale_mm[deploy] is not installed')
 
-from det_common import ROOT, tool, write_small_config  # noqa: E402
 from pale_mm.deploy.onnx_export import build_graph  # noqa: E402
 from pale_mm.deploy.onnx_runtime import OnnxModel  # noqa: E402
+
+from det_common import ROOT, tool, write_small_config  # noqa: E402
 
 SEG_CONFIG = osp.join(ROOT, 'configs', 'upernet', 'pale_demo_synthetic.py')
 CLS_BASE = osp.join(ROOT, 'configs', 'imagenet', 'pale_t_in1k.py')

@@ -6,13 +6,12 @@ import re
 
 import pytest
 import torch
+from conftest import optimizer_settings_of_each_parameter
 
 import pale_mm  # noqa: F401
 from pale_mm.engine.optimizers import LayerDecayConfigError, PaleLayerIds
 from pale_mm.models import PaleTransformer
 from pale_mm.swap import apply_swap, resolve_config
-
-from conftest import optimizer_settings_of_each_parameter
 
 DET_CONVNEXT = ('mmdet::convnext/cascade-mask-rcnn_convnext-t-p4-w7_fpn_4conv1fc-giou_amp-ms-'
                 'crop-3x_coco.py')
@@ -179,6 +178,7 @@ def test_other_backbones_are_sent_to_the_libraries_constructor():
 @pytest.mark.parametrize('scope', ['mmdet', 'mmseg', 'mmpretrain'])
 def test_registered_for_each_library(scope):
     import importlib
+
     from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
     registry = importlib.import_module(f'{scope}.registry').OPTIM_WRAPPER_CONSTRUCTORS
     assert registry.get('PaleLayerDecayOptimizerConstructor') is \

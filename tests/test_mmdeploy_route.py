@@ -18,8 +18,9 @@ import torch
 
 pytest.importorskip('onnxruntime', reason='pale_mm[deploy] is not installed')
 
-from det_common import ROOT, write_small_config  # noqa: E402
 from pale_mm.deploy.onnx_export import build_graph  # noqa: E402
+
+from det_common import ROOT, write_small_config  # noqa: E402
 
 MMDEPLOY_PACKAGES = osp.join(sys.prefix, 'mmdeploy-packages')
 SEG_CONFIG = osp.join(ROOT, 'configs', 'upernet', 'pale_demo_synthetic.py')

@@ -9,8 +9,11 @@ import pytest
 import torch
 
 import pale_mm  # noqa: F401
-from pale_mm.checkpoint import (CheckpointDownloadError, UnsafeCheckpointError,
-                                resolve_checkpoint_url)
+from pale_mm.checkpoint import (
+    CheckpointDownloadError,
+    UnsafeCheckpointError,
+    resolve_checkpoint_url,
+)
 from pale_mm.models import PaleTransformer
 from pale_mm.models.pale_transformer import PaleConfigError
 

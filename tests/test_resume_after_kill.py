@@ -16,12 +16,21 @@ import time
 
 import pytest
 import torch
-from det_common import (LIGHT_HEADS, NO_VAL, ROOT, coco_data, data_options, free_port,
-                        torch_threads_env, write_small_config)
-from seg_common import small_seg_options
 
 from pale_mm.checkpoint import safe_load
 from pale_mm.synthetic.ade import make_ade
+
+from det_common import (
+    LIGHT_HEADS,
+    NO_VAL,
+    ROOT,
+    coco_data,
+    data_options,
+    free_port,
+    torch_threads_env,
+    write_small_config,
+)
+from seg_common import small_seg_options
 
 # end to end through the tools: left out of `make test-quick`
 pytestmark = pytest.mark.slow

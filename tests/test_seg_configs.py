@@ -84,6 +84,7 @@ def test_paper_recipe(arch):
 def test_model_builds_and_heads_fit(arch):
     from mmengine.registry import init_default_scope
     from mmseg.registry import MODELS
+
     from pale_mm import ARCH_SETTINGS
     cfg = _load(arch)
     c = CONFIGS[arch][2]
@@ -130,6 +131,7 @@ def test_tta_views_follow_the_paper_protocol(ade):
     """--tta: 6 scales x 2 flips of each image, scaled from the 2048x512 test size."""
     from mmengine.registry import init_default_scope
     from mmseg.registry import DATASETS
+
     from pale_mm.launch.run_config import enable_tta
     cfg = _load('tiny', {'test_dataloader.dataset.data_root': ade['root']})
     enable_tta(cfg)

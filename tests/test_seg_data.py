@@ -7,8 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pale_mm.synthetic.ade import (ADE_FIRST_CLASSES, ade_cfg_options,
-                                        format_cfg_options, make_ade)
+from pale_mm.synthetic.ade import ADE_FIRST_CLASSES, ade_cfg_options, format_cfg_options, make_ade
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -122,10 +121,11 @@ def test_format_cfg_options_round_trip():
 def test_mmseg_reads_it(ade):
     """The upernet config's own ADE20KDataset + pipelines load the data with the overrides:
     labels 0..N-1 after reduce_zero_label, 255 where the PNG holds 0."""
-    import pale_mm  # noqa: F401
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
     from mmseg.registry import DATASETS
+
+    import pale_mm  # noqa: F401
     init_default_scope('mmseg')
     cfg = Config.fromfile(os.path.join(ROOT, 'configs/upernet/pale_t_ade20k.py'))
     cfg.merge_from_dict(ade_cfg_options(ade))

@@ -20,6 +20,7 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, osp.join(ROOT, 'tools'))
 import test as test_tool  # noqa: E402
 import train as train_tool  # noqa: E402
+
 from det_common import free_port, logged_metrics  # noqa: E402
 from seg_common import own_visualizer, small_seg_options  # noqa: E402
 
@@ -29,9 +30,10 @@ ITERS, MORE = 30, 10  # first run, then resumed for MORE iterations
 SWIN_SNIPPET = """\
 _base_ = ['mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py']
 custom_imports = dict(imports=['pale_mm'], allow_failed_imports=False)
-model = dict(backbone=dict(_delete_=True, type='PaleTransformer', arch='tiny', drop_path_rate=0.3,
-                           init_cfg=dict(type='Pretrained', checkpoint='checkpoints/pale_t_in1k.pth')),
-             decode_head=dict(in_channels=[64, 128, 256, 512]), auxiliary_head=dict(in_channels=256))
+model = dict(
+    backbone=dict(_delete_=True, type='PaleTransformer', arch='tiny', drop_path_rate=0.3,
+                  init_cfg=dict(type='Pretrained', checkpoint='checkpoints/pale_t_in1k.pth')),
+    decode_head=dict(in_channels=[64, 128, 256, 512]), auxiliary_head=dict(in_channels=256))
 """
 
 

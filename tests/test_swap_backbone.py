@@ -208,9 +208,8 @@ def test_mask2former_norm_and_position_keys_move_to_pale():
     decay through keys named after Swin's parameters; after the swap Pale's norms (its
     LayerNorms and Q/K/V BatchNorms) and its position encodings get exactly those settings,
     every other backbone parameter the 'backbone' key's."""
-    from mmengine.registry import MODELS, init_default_scope
-
     from conftest import optimizer_settings_of_each_parameter
+    from mmengine.registry import MODELS, init_default_scope
     cfg = _load('mmdet::mask2former/mask2former_swin-t-p4-w7-224_8xb2-lsj-50e_coco.py')
     keys = cfg.optim_wrapper.paramwise_cfg.custom_keys
     assert 'backbone.stages.2.blocks.5.norm' in keys  # Swin's names
@@ -237,8 +236,9 @@ def test_mask2former_norm_and_position_keys_move_to_pale():
 
 
 def test_tool_writes_a_config_that_inherits_and_prints_changes(tmp_path, capsys):
-    from det_common import tool
     from mmengine.config import Config
+
+    from det_common import tool
     config = 'mmdet::fcos/fcos_r50-caffe_fpn_gn-head_1x_coco.py'
     out = tmp_path / 'fcos_pale_t.py'
     tool('swap_backbone').main([config, '--arch', 'small', '--pretrained',
@@ -312,9 +312,10 @@ model = dict(
 def test_pure_python_config_is_swapped_in_python_and_refused_by_the_tool(tmp_path):
     """A pure-Python config (classes as types) cannot be inherited by an old-style one: the
     tool says so and names the Python route, which builds."""
-    from det_common import tool
     from mmengine.config import Config
     from mmengine.registry import MODELS, init_default_scope
+
+    from det_common import tool
     path = tmp_path / 'retinanet_pure.py'
     path.write_text(PURE_PYTHON_RETINANET)
     with pytest.raises(SystemExit, match=r'is a pure-Python config .*apply_swap'):

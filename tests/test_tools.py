@@ -228,9 +228,10 @@ def test_make_synthetic_data_bad_input(tmp_path):
         make_synthetic_data.main(['ade', str(tmp_path), '--num-classes', '12'])
 
 
-def test_model_index_lists_every_config():
-    """model-index.yml imports one metafile per config folder, and those list every config
-    of the folder (and only existing ones)."""
+def test_model_index_lists_every_config_in_the_standard_schema():
+    """model-index.yml imports one metafile per config folder; those list every config of
+    the folder (and only existing ones) in OpenMMLab's schema: FLOPs and Parameters as
+    numbers, each collection with its paper, its code and a README of its own that exists."""
     import glob
 
     import yaml
@@ -240,15 +241,23 @@ def test_model_index_lists_every_config():
     for metafile in index['Import']:
         with open(os.path.join(ROOT, metafile)) as f:
             meta = yaml.safe_load(f)
-        collections = {c['Name'] for c in meta['Collections']}
+        collections = {c['Name']: c for c in meta['Collections']}
+        for c in collections.values():
+            assert c['Paper']['URL'].startswith('https://arxiv.org/')
+            assert os.path.isfile(os.path.join(ROOT, c['Code']['URL'])), c['Code']
+            assert c['README'] == os.path.join(os.path.dirname(metafile), 'README.md')
+            assert os.path.isfile(os.path.join(ROOT, c['README'])), c['README']
         for model in meta['Models']:
             assert model['In Collection'] in collections
             assert os.path.isfile(os.path.join(ROOT, model['Config'])), model['Config']
+            for key in ('FLOPs', 'Parameters'):
+                if key in model['Metadata']:
+                    assert isinstance(model['Metadata'][key], int), (model['Name'], key)
+            assert not any('(' in key for key in model['Metadata']), model['Metadata']
             listed.add(model['Config'])
-    for folder in ('mask_rcnn', 'upernet', 'imagenet'):
-        configs = {os.path.relpath(p, ROOT) for p in
-                   glob.glob(os.path.join(ROOT, 'configs', folder, 'pale_[tsb]_*.py'))}
-        assert configs and configs <= listed, configs - listed
+    configs = {os.path.relpath(p, ROOT) for p in
+               glob.glob(os.path.join(ROOT, 'configs', '*', 'pale_*.py'))}
+    assert len(configs) == 13 and configs == listed, configs ^ listed
 
 
 def test_demo_refuses_fewer_iterations_than_its_warm_up(tmp_path, capsys):

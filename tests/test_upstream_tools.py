@@ -14,9 +14,18 @@ import sys
 import pytest
 import torch
 
-from det_common import (LIGHT_HEADS, NO_VAL, ROOT, coco_data, data_options, logged_test_metrics,
-                        torch_threads_env, write_small_config)
 from pale_mm.synthetic.ade import ade_cfg_options, format_cfg_options, make_ade
+
+from det_common import (
+    LIGHT_HEADS,
+    NO_VAL,
+    ROOT,
+    coco_data,
+    data_options,
+    logged_test_metrics,
+    torch_threads_env,
+    write_small_config,
+)
 
 # end to end through the tools: left out of `make test-quick`
 pytestmark = pytest.mark.slow

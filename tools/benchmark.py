@@ -596,6 +596,7 @@ def main_onnxruntime(args):
     import numpy as np
     import onnxruntime
     import torch
+
     from pale_mm.deploy.onnx_runtime import OnnxModel
 
     threads = args.threads or os.cpu_count()

@@ -16,9 +16,9 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from mmengine.config import DictAction  # noqa: E402
+from mmengine.config import DictAction
 
-from pale_mm.errors import PaleError  # noqa: E402
+from pale_mm.errors import PaleError
 
 
 def parse_args(argv=None):

@@ -19,9 +19,9 @@ import tempfile
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from mmengine.config import DictAction  # noqa: E402
+from mmengine.config import DictAction
 
-from pale_mm.errors import PaleError  # noqa: E402
+from pale_mm.errors import PaleError
 
 BOX_TOLERANCE = 0.5  # pixels
 SCORE_TOLERANCE = 1e-3
@@ -82,8 +82,11 @@ def check(path, model, scope, shape):
 def main(argv=None):
     args = parse_args(argv)
     try:
-        from pale_mm.deploy.mmdeploy_route import (deploy_config, register_exact_pooling,
-                                                   torch_for_mmdeploy)
+        from pale_mm.deploy.mmdeploy_route import (
+            deploy_config,
+            register_exact_pooling,
+            torch_for_mmdeploy,
+        )
         from pale_mm.deploy.onnx_export import build_graph
         from pale_mm.deploy.onnx_runtime import DeployError, require
         require('mmdeploy', 'docs/deploy.md "mmdeploy" says how to install it')

@@ -16,11 +16,11 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from mmengine.config import Config  # noqa: E402
+from mmengine.config import Config
 
-from pale_mm.errors import PaleError  # noqa: E402
-from pale_mm.fileio import written_atomically  # noqa: E402
-from pale_mm.swap import SwapError, render_config, resolve_config, swap_backbone  # noqa: E402
+from pale_mm.errors import PaleError
+from pale_mm.fileio import written_atomically
+from pale_mm.swap import SwapError, render_config, resolve_config, swap_backbone
 
 
 def parse_args(argv=None):

@@ -9,9 +9,9 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from pale_mm.launch import distributed, preflight, result_files, run_config  # noqa: E402
-from pale_mm.errors import LaunchError, PaleError  # noqa: E402
-from pale_mm.engine.runner import build_runner  # noqa: E402
+from pale_mm.engine.runner import build_runner
+from pale_mm.errors import LaunchError, PaleError
+from pale_mm.launch import distributed, preflight, result_files, run_config
 
 
 def parse_args(argv=None):

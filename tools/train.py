@@ -9,9 +9,9 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from pale_mm.launch import distributed, preflight, run_config, work_dir  # noqa: E402
-from pale_mm.errors import PaleError  # noqa: E402
-from pale_mm.engine.runner import build_runner  # noqa: E402
+from pale_mm.engine.runner import build_runner
+from pale_mm.errors import PaleError
+from pale_mm.launch import distributed, preflight, run_config, work_dir
 
 
 def parse_args(argv=None):

@@ -1,6 +1,7 @@
 # The `make demo` model: a small Pale UperNet trained on the CPU in minutes on the synthetic
-# ADE20K-layout dataset that `python tools/make_synthetic_data.py ade data/synthetic_ade`
-# (or `make demo`) writes. Everything else is configs/upernet/pale_t_ade20k.py.
+# ADE20K-layout dataset that `make demo` writes (or `python tools/make_synthetic_data.py ade
+# data/synthetic_ade --size 96 96 --num-classes 6 --num-train 64 --num-val 9`). Everything
+# else is configs/upernet/pale_t_ade20k.py.
 #   python tools/train.py configs/upernet/pale_demo_synthetic.py --work-dir work_dirs/demo
 _base_ = ['./pale_t_ade20k.py']
 

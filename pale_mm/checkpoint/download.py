@@ -12,7 +12,6 @@ import torch
 
 from ..errors import PaleError
 
-
 # ---------------------------------------------------------------------------------------
 # checkpoints named by URL
 ZOO_SCHEMES = ('open-mmlab', 'openmmlab', 'mmcls', 'torchvision', 'modelzoo')

@@ -8,9 +8,14 @@ import zipfile
 import zlib
 from typing import Dict, Optional
 
-from .safe_load import (_LOAD_ERRORS, BROKEN_FIX, BrokenCheckpointError, _load_error,
-                        _load_problem, _torch_load)
-
+from .safe_load import (
+    _LOAD_ERRORS,
+    BROKEN_FIX,
+    BrokenCheckpointError,
+    _load_error,
+    _load_problem,
+    _torch_load,
+)
 
 # ---------------------------------------------------------------------------------------
 # integrity: is a checkpoint file whole?

@@ -8,8 +8,13 @@ from mmengine.logging import print_log
 
 from .download import is_url, local_checkpoint
 from .safe_load import CheckpointMismatchError, safe_load
-from .state_dict import (_prefix_hint, _preview, backbone_state_dict, extract_state_dict,
-                         match_state_dict)
+from .state_dict import (
+    _prefix_hint,
+    _preview,
+    backbone_state_dict,
+    extract_state_dict,
+    match_state_dict,
+)
 
 
 def load_pretrained_backbone(model: torch.nn.Module, filename: str,

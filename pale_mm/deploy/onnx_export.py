@@ -32,10 +32,15 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..checkpoint import (check_checkpoint_fits, extract_state_dict, match_state_dict,
-                          safe_load, strip_ddp_prefix)
-from ..launch.run_config import load_config
+from ..checkpoint import (
+    check_checkpoint_fits,
+    extract_state_dict,
+    match_state_dict,
+    safe_load,
+    strip_ddp_prefix,
+)
 from ..fileio import written_atomically
+from ..launch.run_config import load_config
 from .onnx_runtime import METADATA_KEY, DeployError, OnnxModel, require
 
 # the opset of each exporter: LayerNormalization is an op from 17 (SDPA needs >= 14), and

@@ -10,6 +10,7 @@ import torch
 
 from ..errors import LaunchError
 
+
 def import_collectives_before_the_group() -> None:
     """Import ``torch.distributed.nn`` while no process group exists.
 

@@ -32,8 +32,9 @@ def load_config(path: str, cfg_options: Optional[dict] = None):
             f"{path}: default_scope is {scope!r}; tools/train.py and tools/test.py run "
             f"configs whose default_scope is one of {SCOPES} (inherit from an mmdet, mmseg or "
             "mmpretrain base config, or set default_scope)")
-    import pale_mm  # noqa: F401  registers PaleTransformer
     from mmengine.registry import init_default_scope
+
+    import pale_mm  # noqa: F401  registers PaleTransformer
     init_default_scope(scope)
     return cfg
 

@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-
 # torch >= 2.4 answers autocast questions per device type; older torch has one function
 # for CUDA and one for the CPU.
 if hasattr(torch, 'get_autocast_dtype'):

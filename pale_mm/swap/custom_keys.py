@@ -4,7 +4,6 @@ from typing import Dict, List, Optional
 
 from .outputs import SwapError
 
-
 # ---------------------------------------------------------------------------------------
 # parameter-wise settings (custom_keys)
 _FOREIGN_POSITION_KEYS = ('absolute_pos_embed', 'relative_position_bias_table', 'pos_embed',

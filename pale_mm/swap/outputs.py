@@ -4,7 +4,6 @@ from typing import List, NamedTuple, Optional, Union
 
 from ..errors import PaleError
 
-
 IMAGENET_RGB = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375])
 # Stochastic depth where the old backbone has none: Swin's detection and segmentation values.
 DEFAULT_DROP_PATH = {'tiny': 0.2, 'small': 0.3, 'base': 0.3}

@@ -8,7 +8,6 @@ from typing import Dict, List
 
 from .outputs import Swap
 
-
 # ---------------------------------------------------------------------------------------
 # writing the config: not Config.pretty_text / dump, which write the whole merged config and
 # no comments; this file is the overrides over a _base_, each with its reason as a comment

@@ -7,8 +7,19 @@ from typing import List, Optional, Sequence, Union
 
 from .consumers import _consumers
 from .custom_keys import rewrite_custom_keys
-from .outputs import (BACKBONES, DEFAULT_DROP_PATH, IMAGENET_RGB, PALE_STRIDES, Swap,
-                      SwapError, _as_list, _plain, backbone_outputs, pale_dims, type_name)
+from .outputs import (
+    BACKBONES,
+    DEFAULT_DROP_PATH,
+    IMAGENET_RGB,
+    PALE_STRIDES,
+    Swap,
+    SwapError,
+    _as_list,
+    _plain,
+    backbone_outputs,
+    pale_dims,
+    type_name,
+)
 
 
 # ---------------------------------------------------------------------------------------

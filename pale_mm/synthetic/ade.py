@@ -2,8 +2,8 @@
 
 ::
 
-    ROOT/images/training/ADE_train_00000001.jpg      ROOT/annotations/training/ADE_train_00000001.png
-    ROOT/images/validation/ADE_val_00000001.jpg      ROOT/annotations/validation/ADE_val_00000001.png
+    ROOT/images/training/ADE_train_00000001.jpg    ROOT/annotations/training/ADE_train_00000001.png
+    ROOT/images/validation/ADE_val_00000001.jpg    ROOT/annotations/validation/ADE_val_00000001.png
 
 Label PNGs follow mmseg's ADE20K convention (``ADE20KDataset`` loads them with
 ``reduce_zero_label=True``): 0 is "other / unlabelled" and is ignored, 1..N are the classes and

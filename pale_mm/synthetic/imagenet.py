@@ -2,7 +2,8 @@
 
 ::
 
-    ROOT/train/n00000000/n00000000_0001.JPEG    ROOT/meta/train.txt   ("n00000000/n00000000_0001.JPEG 0")
+    ROOT/train/n00000000/n00000000_0001.JPEG
+    ROOT/meta/train.txt   (lines such as "n00000000/n00000000_0001.JPEG 0")
     ROOT/val/n00000000/n00000000_0001.JPEG      ROOT/meta/val.txt
 
 This is the layout mmpretrain's ``ImageNet`` dataset reads with ``data_root=ROOT`` and

@@ -4,10 +4,17 @@ group, after the teardown; the group's references before DDP, after DDP was free
 
     python tests/scripts/group_after_ddp.py PORT
 """
-import gc, os, sys
+import gc
+import os
+import sys
+
 from pale_mm.launch.distributed import import_collectives_before_the_group
+
 import_collectives_before_the_group()  # as the tools and HardenedRunner do: before any group
-import torch, torch.distributed as dist
+import torch
+import torch.distributed as dist
+
+
 def threads():
     return len(os.listdir('/proc/self/task'))
 os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=sys.argv[1], RANK='0', WORLD_SIZE='1')

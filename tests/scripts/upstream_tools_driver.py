@@ -31,6 +31,7 @@ if spec.get('test'):
 found['pale_mm_after_tools'] = 'pale_mm' in sys.modules
 
 from mmengine.runner.checkpoint import CheckpointLoader, _load_checkpoint
+
 loader = CheckpointLoader._schemes['']
 found['local_loader'] = f'{loader.__module__}.{loader.__qualname__}'
 if spec.get('load'):
@@ -44,6 +45,7 @@ if not spec.get('inferencer_options'):
     sys.exit(0)
 
 from mmengine.config import Config, DictAction
+
 cfg = Config.fromfile(spec['config'])
 cfg.merge_from_dict({k: DictAction._parse_iterable(v) for k, v in
                      (o.split('=', 1) for o in spec['inferencer_options'])})

@@ -20,8 +20,7 @@ import signal
 import threading
 
 import torch
-from mmengine.dist import all_reduce, barrier, get_comm_device, get_world_size, \
-    is_main_process
+from mmengine.dist import all_reduce, barrier, get_comm_device, get_world_size, is_main_process
 from mmengine.hooks import CheckpointHook, Hook
 from mmengine.logging import print_log
 from mmengine.registry import HOOKS

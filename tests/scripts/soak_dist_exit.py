@@ -34,10 +34,10 @@ def main(argv=None):
     parser.add_argument('--root', default=HERE, help='the checkout whose tools run')
     args = parser.parse_args(argv)
 
+    from pale_mm.synthetic.ade import make_ade
+
     from det_common import free_port
     from seg_common import small_seg_options
-
-    from pale_mm.synthetic.ade import make_ade
     os.makedirs(args.work_dir, exist_ok=True)
     ade = make_ade(osp.join(args.work_dir, 'ade'), num_train=8, num_val=3, image_size=(64, 64),
                    seed=0, num_classes=5)
