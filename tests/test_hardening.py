@@ -148,9 +148,10 @@ def _state_dict_of(cls):
     for klass in reversed(cls.__mro__[:-1]):
         if '__init__' in vars(klass):
             params.update(inspect.signature(klass.__init__).parameters)
-    # the required arguments, and ``end`` wherever there is one (warm-ups refuse an endless one)
+    # the required arguments, and ``end`` and ``total_steps`` wherever they are (warm-ups
+    # refuse an endless schedule; mmengine 0.7's OneCycle reads ``end`` before setting it)
     kwargs = {k: v for k, v in _SCHEDULER_ARGS.items() if k in params
-              and (k == 'end' or params[k].default is inspect.Parameter.empty)}
+              and (k in ('end', 'total_steps') or params[k].default is inspect.Parameter.empty)}
     if 'ReduceOnPlateau' in cls.__name__:
         kwargs['monitor'] = 'loss'
     if any(k.__name__.endswith('SchedulerMixin') for k in cls.__mro__):

@@ -2,7 +2,7 @@
 count the runs that fail, abort at exit (SIGABRT: ``terminate called without an active
 exception``) or print DDP's gradient-layout warning.
 
-    python scripts/soak_dist_exit.py --rounds 20 --work-dir /tmp/soak [--root OTHER_CHECKOUT]
+    python tests/scripts/soak_dist_exit.py --rounds 20 --work-dir /tmp/soak [--root OTHER_CHECKOUT]
 
 Each round trains the small UperNet of the tests (configs/upernet/pale_t_ade20k.py, shrunk)
 for 2 iterations with ``tools/dist_train.sh CONFIG 2``, then tests its checkpoint with
@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-HERE = osp.dirname(osp.dirname(osp.abspath(__file__)))
+HERE = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))  # the checkout
 sys.path.insert(0, HERE)
 sys.path.insert(0, osp.join(HERE, 'tests'))
 

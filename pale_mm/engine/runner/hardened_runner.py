@@ -1,4 +1,9 @@
 """HardenedRunner: the opt-in to pale_mm's run hardening (:mod:`pale_mm.hardening`)."""
+import contextlib
+import functools
+import inspect
+import sys
+
 from mmengine.hooks import CheckpointHook, LoggerHook
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
@@ -45,8 +50,35 @@ class HardenedRunner(Runner):
                         backend_args=None, **kwargs):
         if file_client_args is None and backend_args is None and not is_url(str(out_dir)):
             backend_args = atomic_backend_args()
-        return super().save_checkpoint(out_dir, filename, file_client_args, *args,
-                                       backend_args=backend_args, **kwargs)
+        with _backend_args_reach_the_save(backend_args):
+            return super().save_checkpoint(out_dir, filename, file_client_args, *args,
+                                           backend_args=backend_args, **kwargs)
+
+
+@functools.lru_cache(maxsize=None)
+def _runner_drops_backend_args() -> bool:
+    """Whether mmengine's ``Runner.save_checkpoint`` writes with ``save_checkpoint(checkpoint,
+    filepath)``, leaving out the ``backend_args`` it was given (mmengine 0.7; 0.10 passes
+    them on). Read once from its source."""
+    source = inspect.getsource(Runner.save_checkpoint)
+    return 'backend_args=backend_args' not in source[source.rindex('save_checkpoint('):]
+
+
+@contextlib.contextmanager
+def _backend_args_reach_the_save(backend_args):
+    """Where mmengine's Runner drops ``backend_args`` (:func:`_runner_drops_backend_args`),
+    the name ``save_checkpoint`` in its module passes them on while this runner saves: no
+    extension point reaches that call."""
+    if backend_args is None or not _runner_drops_backend_args():
+        yield
+        return
+    module = sys.modules[Runner.__module__]
+    plain = module.save_checkpoint
+    module.save_checkpoint = functools.partial(plain, backend_args=backend_args)
+    try:
+        yield
+    finally:
+        module.save_checkpoint = plain
 
 
 def _type_key(hook_type) -> str:
