@@ -153,3 +153,34 @@ def safe_loading():
     yield
     CheckpointLoader._schemes.clear()
     CheckpointLoader._schemes.update(saved)
+
+
+@pytest.fixture
+def hardened_toy_runner():
+    """A factory of HardenedRunners of a one-parameter model, 2 epochs of 2 iterations:
+    ``hardened_toy_runner(work_dir, **runner_kwargs)``."""
+    from mmengine.model import BaseModel
+
+    from pale_mm.engine.runner import HardenedRunner
+
+    class Toy(BaseModel):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(2))
+
+        def forward(self, inputs, data_samples=None, mode='tensor'):
+            loss = ((inputs @ self.w) - 1).pow(2).mean()
+            return {'loss': loss} if mode == 'loss' else [loss]
+
+    def build(work_dir, **kwargs):
+        data = [dict(inputs=torch.ones(2)) for _ in range(4)]
+        kwargs.setdefault('train_cfg', dict(by_epoch=True, max_epochs=2))
+        return HardenedRunner(
+            model=Toy(), work_dir=str(work_dir),
+            train_dataloader=dict(dataset=data, batch_size=2,
+                                  sampler=dict(type='DefaultSampler'),
+                                  collate_fn=dict(type='default_collate')),
+            optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1)), default_scope='mmengine',
+            experiment_name=f'toy_{os.getpid()}_{id(work_dir)}', **kwargs)
+
+    return build

@@ -83,10 +83,12 @@ model = dict(
 """
 
 
-def write_small_config(directory, name='pale_small_coco.py'):
+def write_small_config(directory, name='pale_small_coco.py', base=None):
+    """The small Pale Mask R-CNN, from ``base`` (default: configs/mask_rcnn/pale_t_coco_1x.py;
+    any Mask R-CNN config with a PaleTransformer backbone)."""
     path = osp.join(str(directory), name)
     with open(path, 'w') as f:
-        f.write(SMALL_PALE_CONFIG.format(base=osp.join(CONFIG_DIR, 'pale_t_coco_1x.py')))
+        f.write(SMALL_PALE_CONFIG.format(base=base or osp.join(CONFIG_DIR, 'pale_t_coco_1x.py')))
     return path
 
 

@@ -45,35 +45,12 @@ def test_the_snapshot_sees_the_hardening():
     assert any('CheckpointLoader._schemes' in c for c in changed), changed
 
 
-def _toy_runner(work_dir, **kwargs):
-    from mmengine.model import BaseModel
-
-    from pale_mm.engine.runner import HardenedRunner
-
-    class Toy(BaseModel):
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.zeros(2))
-
-        def forward(self, inputs, data_samples=None, mode='tensor'):
-            loss = ((inputs @ self.w) - 1).pow(2).mean()
-            return {'loss': loss} if mode == 'loss' else [loss]
-
-    data = [dict(inputs=torch.ones(2)) for _ in range(4)]
-    return HardenedRunner(
-        model=Toy(), work_dir=str(work_dir),
-        train_dataloader=dict(dataset=data, batch_size=2, sampler=dict(type='DefaultSampler'),
-                              collate_fn=dict(type='default_collate')),
-        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1)),
-        train_cfg=dict(by_epoch=True, max_epochs=2), default_scope='mmengine',
-        experiment_name=f'hardened_{os.getpid()}_{id(work_dir)}', **kwargs)
-
-
-def test_hardened_runner_puts_its_hooks_in_place_of_mmengines(tmp_path, safe_loading):
+def test_hardened_runner_puts_its_hooks_in_place_of_mmengines(tmp_path, safe_loading,
+                                                             hardened_toy_runner):
     from mmengine.hooks import CheckpointHook, LoggerHook
 
     from pale_mm.engine.hooks import AtomicCheckpointHook, RankZeroLoggerHook
-    runner = _toy_runner(tmp_path, default_hooks=dict(
+    runner = hardened_toy_runner(tmp_path, default_hooks=dict(
         checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=1),
         logger=dict(type='mmengine.LoggerHook', interval=1)),
         custom_hooks=[dict(type=CheckpointHook, interval=5, out_dir=str(tmp_path / 'more'))])
@@ -88,7 +65,8 @@ def test_hardened_runner_puts_its_hooks_in_place_of_mmengines(tmp_path, safe_loa
     assert not list(tmp_path.glob('.*.tmp'))
 
 
-def test_hardened_runner_keeps_a_hook_of_another_type(tmp_path, safe_loading):
+def test_hardened_runner_keeps_a_hook_of_another_type(tmp_path, safe_loading,
+                                                      hardened_toy_runner):
     from mmengine.hooks import CheckpointHook
     from mmengine.registry import HOOKS
 
@@ -96,7 +74,7 @@ def test_hardened_runner_keeps_a_hook_of_another_type(tmp_path, safe_loading):
     class MyCheckpointHook(CheckpointHook):
         pass
 
-    runner = _toy_runner(tmp_path, default_hooks=dict(
+    runner = hardened_toy_runner(tmp_path, default_hooks=dict(
         checkpoint=dict(type='MyCheckpointHook', interval=1)))
     assert any(type(h) is MyCheckpointHook for h in runner.hooks)
 

@@ -262,33 +262,15 @@ def test_resume_skips_an_incomplete_checkpoint(tmp_path):
         assert find_resume_checkpoint(str(tmp_path)) == str(good)
 
 
-def test_old_checkpoint_is_deleted_only_after_the_new_one_is_saved(tmp_path, monkeypatch):
+def test_old_checkpoint_is_deleted_only_after_the_new_one_is_saved(tmp_path, monkeypatch,
+                                                                  hardened_toy_runner):
     """max_keep_ckpts=1: mmengine deletes the only checkpoint before writing the next one; a
     save that fails (disk full) would leave nothing. In a HardenedRunner the old one stays."""
-    from mmengine.model import BaseModel
-
     import pale_mm.hardening as hardening  # the atomic file backend writes through it
-    from pale_mm.engine.runner import HardenedRunner
-
-    class Toy(BaseModel):
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.zeros(2))
-
-        def forward(self, inputs, data_samples=None, mode='tensor'):
-            loss = ((inputs @ self.w) - 1).pow(2).mean()
-            return {'loss': loss} if mode == 'loss' else [loss]
-
-    data = [dict(inputs=torch.ones(2)) for _ in range(4)]
-    runner = HardenedRunner(
-        model=Toy(), work_dir=str(tmp_path),
-        train_dataloader=dict(dataset=data, batch_size=2, sampler=dict(type='DefaultSampler'),
-                              collate_fn=dict(type='default_collate')),
-        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1)),
-        train_cfg=dict(by_epoch=True, max_epochs=3),
+    runner = hardened_toy_runner(
+        tmp_path, train_cfg=dict(by_epoch=True, max_epochs=3),
         default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=1,
-                                           max_keep_ckpts=1)),
-        default_scope='mmengine', experiment_name=f'keep1_{os.getpid()}')
+                                           max_keep_ckpts=1)))
     real_write = hardening.atomic_write
     calls = []
 

@@ -123,18 +123,11 @@ def test_mmseg_tools_and_seg_inferencer(tmp_path, weights_server):
 
 # ---------------------------------------------------------------------------------------
 # import alone, and the opt-in (runner_type='HardenedRunner'), in the libraries' own tools
+# mmdet's Swin-T Mask R-CNN with Pale in, as the README shows it (custom_imports, no
+# runner_type); write_small_config makes it small
 PLAIN_DET = """_base_ = ['mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py']
 custom_imports = dict(imports=['pale_mm'], allow_failed_imports=False)
-model = dict(
-    backbone=dict(_delete_=True, type='PaleTransformer', drop_path_rate=0.,
-                  arch=dict(embed_dims=32, depths=[1, 1, 2, 1], num_heads=[2, 2, 4, 4])),
-    neck=dict(in_channels=[32, 64, 128, 256], out_channels=64),
-    rpn_head=dict(in_channels=64, feat_channels=64),
-    roi_head=dict(
-        bbox_roi_extractor=dict(out_channels=64),
-        bbox_head=dict(in_channels=64, fc_out_channels=256),
-        mask_roi_extractor=dict(out_channels=64),
-        mask_head=dict(in_channels=64, conv_out_channels=64)))
+model = dict(backbone=dict(_delete_=True, type='PaleTransformer', arch='tiny', drop_path_rate=0.))
 """
 
 _LOAD_WITHOUT_PALE_MM = """
@@ -156,8 +149,9 @@ def test_import_alone_leaves_mmdet_tools_as_they_are(tmp_path, tmp_path_factory)
     research scripts save their arguments) loads, or not, exactly as without pale_mm."""
     import argparse
     info = coco_data(tmp_path_factory)
-    config = tmp_path / 'plain_pale_mask_rcnn.py'
-    config.write_text(PLAIN_DET)
+    plain = tmp_path / 'plain_pale_mask_rcnn.py'
+    plain.write_text(PLAIN_DET)
+    config = write_small_config(tmp_path, 'plain_pale_mask_rcnn_small.py', base=str(plain))
     namespace_ckpt = tmp_path / 'with_args.pth'
     torch.save({'state_dict': {'w': torch.ones(2)}, 'args': argparse.Namespace(lr=0.1)},
                namespace_ckpt)
@@ -166,9 +160,8 @@ def test_import_alone_leaves_mmdet_tools_as_they_are(tmp_path, tmp_path_factory)
         'train_dataloader.dataset.indices=2', 'val_dataloader.dataset.indices=2',
         'test_dataloader.dataset.indices=2']
     spec = dict(scope='mmdet', tools=_library_tools('mmdet'), cwd=str(tmp_path),
-                config=str(config), load=str(namespace_ckpt),
-                train=[str(config), '--work-dir', str(tmp_path / 'train'), '--cfg-options']
-                + options)
+                config=config, load=str(namespace_ckpt),
+                train=[config, '--work-dir', str(tmp_path / 'train'), '--cfg-options'] + options)
     found, log = _run_driver(spec, torch_threads_env(1))
     assert found['pale_mm_before'] is False and found['pale_mm_after_tools'] is True
     log = open(sorted(glob.glob(str(tmp_path / 'train' / '*' / '*.log')))[-1]).read()

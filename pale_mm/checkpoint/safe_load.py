@@ -6,6 +6,7 @@ import functools
 import os.path as osp
 import pickle
 import re
+import types
 from collections import OrderedDict
 from typing import Dict, List, Tuple
 
@@ -177,15 +178,17 @@ class _AllowListUnpickler(pickle.Unpickler):
         return obj
 
 
-class _allow_list_pickle:  # noqa: N801  (stands in for the ``pickle`` module)
-    """The ``pickle_module`` that torch.load uses on torch < 2.5."""
-    Unpickler = _AllowListUnpickler
-    UnpicklingError = pickle.UnpicklingError
-    __name__ = 'pale_mm_allow_list_pickle'
+def _pickle_module(unpickler: type, name: str) -> types.SimpleNamespace:
+    """A stand-in for the ``pickle`` module, as ``torch.load(pickle_module=...)`` takes it,
+    whose unpickler is ``unpickler`` (torch's legacy < 1.6 format reads its header with
+    ``load``)."""
+    return types.SimpleNamespace(
+        Unpickler=unpickler, UnpicklingError=pickle.UnpicklingError, __name__=name,
+        load=lambda f, **kwargs: unpickler(f, **kwargs).load())
 
-    @staticmethod
-    def load(f, **kwargs):  # torch's legacy (< 1.6) format reads its header with load
-        return _AllowListUnpickler(f, **kwargs).load()
+
+# the ``pickle_module`` that torch.load uses on torch < 2.5
+_allow_list_pickle = _pickle_module(_AllowListUnpickler, 'pale_mm_allow_list_pickle')
 
 
 # what torch.load raises for a file it cannot load: the weights_only unpickler's refusals
@@ -284,14 +287,7 @@ def _stand_in_getattr(allowed_getattr, target, attr):
         return stand_in
 
 
-class _stand_in_pickle:  # noqa: N801  (stands in for the ``pickle`` module)
-    Unpickler = _StandInUnpickler
-    UnpicklingError = pickle.UnpicklingError
-    __name__ = 'pale_mm_stand_in_pickle'
-
-    @staticmethod
-    def load(f, **kwargs):
-        return _StandInUnpickler(f, **kwargs).load()
+_stand_in_pickle = _pickle_module(_StandInUnpickler, 'pale_mm_stand_in_pickle')
 
 
 def where_global_is(filename: str, global_name: str, map_location='cpu') -> str:

@@ -4,36 +4,26 @@ the process sleeps, to be killed there.
 
     python tests/scripts/hang_on_second_save.py READY TOOL [ARGS...]
 """
-import io
 import os
 import runpy
 import sys
-import time
 
 import pale_mm.hardening as hardening
 
+from half_written import atomic_write_halting_halfway
+
 ready, tool, args = sys.argv[1], sys.argv[2], sys.argv[3:]
-sys.path[0] = os.getcwd()
+sys.path[0] = os.getcwd()  # as for the tool run directly
 real_atomic_write = hardening.atomic_write
+halting = atomic_write_halting_halfway(real_atomic_write, ready)
 saves = []
 
 
-def write(filename, callback):
+def atomic_write(filename, write):
     saves.append(filename)
-    if len(saves) < 2:
-        return real_atomic_write(filename, callback)
-
-    def half(f):
-        buf = io.BytesIO()
-        callback(buf)
-        data = buf.getvalue()
-        f.write(data[:len(data) // 2])
-        f.flush()
-        open(ready, 'w').close()
-        time.sleep(600)  # killed here, half written
-    real_atomic_write(filename, half)
+    return (real_atomic_write if len(saves) < 2 else halting)(filename, write)
 
 
-hardening.atomic_write = write
+hardening.atomic_write = atomic_write
 sys.argv = [tool] + args
 runpy.run_path(tool, run_name='__main__')
