@@ -25,21 +25,13 @@ from pale_mm.checkpoint import (
     safe_load,
 )
 
-
-class _RunsACommand:
-    """A pickle payload that runs a shell command when unpickled."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f'touch {self.marker}', ))
+from det_common import RunsACommand
 
 
 def test_malicious_checkpoint_is_refused(tmp_path, safe_loading):
     marker = tmp_path / 'pwned'
     path = tmp_path / 'evil.pth'
-    torch.save({'state_dict': {}, 'payload': _RunsACommand(marker)}, path)
+    torch.save({'state_dict': {}, 'payload': RunsACommand(marker)}, path)
     for load in (lambda: safe_load(path), lambda: _load_checkpoint(str(path))):
         with pytest.raises(UnsafeCheckpointError, match=r'refused to load.*(posix|os)\.system'):
             load()
@@ -173,8 +165,9 @@ def test_pretrained_missing_file_names_fix(tmp_path, tiny_arch):
         m.init_weights()
 
 
-def test_mmengine_load_checkpoint_into_backbone(tmp_path, tiny_arch):
-    """mmengine's own load_checkpoint (used for load_from) goes through the safe loader."""
+def test_mmengine_load_checkpoint_into_backbone(tmp_path, tiny_arch, safe_loading):
+    """mmengine's own load_checkpoint (used for load_from) goes through the safe loader in a
+    hardened run (on torch >= 2.6 mmengine's own loader refuses the numpy scalar)."""
     sd = _model(tiny_arch).state_dict()
     path = tmp_path / 'plain.pth'
     torch.save({'state_dict': sd, 'meta': {'iter': np.int64(5)}}, path)
