@@ -1,6 +1,7 @@
-"""Shared by the tests/test_det_*.py files: the synthetic COCO data (made once per session),
-tools/train.py and tools/test.py as importable modules, and the --cfg-options that shrink a
-Mask R-CNN run to something a 2-core CPU does in seconds."""
+"""Shared by the tests/test_det_*.py files (and others): the synthetic COCO data (made once
+per session), tools/train.py and tools/test.py as importable modules, the --cfg-options that
+shrink a Mask R-CNN run to something a 2-core CPU does in seconds, and the pickle payload the
+checkpoint tests refuse."""
 import glob
 import hashlib
 import importlib.util
@@ -171,3 +172,14 @@ def tree_digest(root):
             with open(path, 'rb') as f:
                 out[osp.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
     return out
+
+
+class RunsACommand:
+    """A pickle payload that creates ``marker`` when unpickled (the checkpoint tests check
+    that it is refused and never runs)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f'touch {self.marker}', ))

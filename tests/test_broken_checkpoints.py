@@ -30,7 +30,7 @@ from pale_mm.checkpoint import checkpoint_problem, safe_load
 from pale_mm.launch.work_dir import find_resume_checkpoint
 from pale_mm.synthetic.ade import make_ade
 
-from det_common import ROOT, tool, torch_threads_env, tree_digest
+from det_common import ROOT, RunsACommand, tool, torch_threads_env, tree_digest
 from seg_common import small_seg_options
 
 CONFIG_DUMP = 'pale_t_ade20k.py'  # mmengine writes each run's config to the work dir's top
@@ -125,19 +125,9 @@ def zip_missing_a_record(good, path):
     return f'has no record {dropped.filename.split("/", 1)[1]}'
 
 
-class _RunsACommand:
-    """A pickle payload that creates ``marker`` when unpickled."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.system, (f'touch {self.marker}', ))
-
-
 def runs_a_command(good, path):
     checkpoint = safe_load(good)
-    checkpoint['meta']['payload'] = _RunsACommand(path.parent.parent / 'command_ran')
+    checkpoint['meta']['payload'] = RunsACommand(path.parent.parent / 'command_ran')
     torch.save(checkpoint, path)
     return 'could run arbitrary code'
 

@@ -18,6 +18,8 @@ import torch
 
 from pale_mm.checkpoint import UnsafeCheckpointError, safe_load
 
+from det_common import RunsACommand
+
 safe_load_module = importlib.import_module('pale_mm.checkpoint.safe_load')  # the module
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -99,18 +101,18 @@ _SCHEDULER_ARGS = dict(milestones=[1, 3], step_size=2, T_max=4, periods=[2, 2], 
                        start_factor=0.5, eta_min_ratio=0.1)
 
 
-def _scheduler_classes():
-    """Every parameter scheduler registered by mmengine and the installed libraries."""
+def _registered(registry_name):
+    """Every module in the ``registry_name`` registry (``PARAM_SCHEDULERS``, ``OPTIMIZERS``)
+    of mmengine and of each installed library, by ``library.Name``."""
     found = {}
     for module in ('mmengine.registry', 'mmdet.registry', 'mmseg.registry',
                    'mmpretrain.registry'):
         try:
-            registry = importlib.import_module(module).PARAM_SCHEDULERS
+            registry = getattr(importlib.import_module(module), registry_name)
         except ImportError:
             continue
         registry.import_from_location()
-        for name, cls in registry.module_dict.items():
-            found[f'{module.split(".")[0]}.{name}'] = cls
+        found.update({f'{module.split(".")[0]}.{n}': c for n, c in registry.module_dict.items()})
     return found
 
 
@@ -146,7 +148,7 @@ def _state_dict_of(cls):
 
 
 def test_every_registered_scheduler_checkpoint_loads(tmp_path, load_path):
-    classes = _scheduler_classes()
+    classes = _registered('PARAM_SCHEDULERS')
     assert 'mmengine.MultiStepLR' in classes and len(classes) > 20, sorted(classes)
     states, unbuilt = [], {}
     for name, cls in sorted(classes.items()):
@@ -165,19 +167,6 @@ def test_every_registered_scheduler_checkpoint_loads(tmp_path, load_path):
     assert any(isinstance(s.get('milestones'), collections.Counter) for s in loaded)
 
 
-def _optimizer_classes():
-    found = {}
-    for module in ('mmengine.registry', 'mmdet.registry', 'mmseg.registry',
-                   'mmpretrain.registry'):
-        try:
-            registry = importlib.import_module(module).OPTIMIZERS
-        except ImportError:
-            continue
-        registry.import_from_location()
-        found.update({f'{module.split(".")[0]}.{n}': c for n, c in registry.module_dict.items()})
-    return found
-
-
 # left out: torch's base class, the optimizers that need what a training step of a detector
 # or segmentor never gives them (a closure, sparse gradients), and ZeRO, a wrapper that needs
 # a process group (its checkpoint is the state of the optimizer it wraps)
@@ -185,7 +174,7 @@ _NOT_STEPPED = ('.Optimizer', 'LBFGS', 'SparseAdam', 'ZeroRedundancyOptimizer')
 
 
 def test_every_registered_optimizer_checkpoint_loads(tmp_path, load_path):
-    classes = {n: c for n, c in _optimizer_classes().items()
+    classes = {n: c for n, c in _registered('OPTIMIZERS').items()
                if not n.endswith(_NOT_STEPPED)}
     assert {'mmengine.SGD', 'mmengine.AdamW'} <= set(classes)
     states = {}
@@ -221,26 +210,17 @@ def test_wrapper_ema_scaler_and_message_hub_checkpoints_load(tmp_path, load_path
     assert safe_load(path).keys() == ckpt.keys()
 
 
-class _RunsACommand:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f'touch {self.marker}', ))
-
-
 def test_a_refusal_names_where_the_class_is(tmp_path, load_path):
     marker = tmp_path / 'pwned'
     path = tmp_path / 'odd.pth'
     torch.save({'state_dict': {'w': torch.ones(2)},
-                'param_schedulers': [{'last_step': 1}, {'milestones': _RunsACommand(marker)}]},
+                'param_schedulers': [{'last_step': 1}, {'milestones': RunsACommand(marker)}]},
                path)
     with pytest.raises(UnsafeCheckpointError,
                        match=r'holds (posix|os)\.system \(at param_schedulers\[1\]\.milestones\)'
                        r".*not on pale_mm's allow-list.*please report this line"):
         safe_load(path)
     assert not marker.exists()
-
 
 
 def test_one_cycle_state_loads_with_its_annealing_function(tmp_path, load_path):

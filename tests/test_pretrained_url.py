@@ -3,7 +3,6 @@ torch's hub cache and loaded through the weights_only allow-list; failures name 
 segmentor-level ``pretrained`` that reaches Pale is refused with the fix. The URLs point at
 a local HTTP server on 127.0.0.1."""
 import json
-import os
 
 import pytest
 import torch
@@ -16,6 +15,8 @@ from pale_mm.checkpoint import (
 )
 from pale_mm.models import PaleTransformer
 from pale_mm.models.pale_transformer import PaleConfigError
+
+from det_common import RunsACommand
 
 
 def _classifier_checkpoint(arch, path):
@@ -81,16 +82,11 @@ def test_download_failures_name_the_url_and_leave_no_file(weights_server, tiny_a
     assert not cache.exists() or list(cache.iterdir()) == []
 
 
-class _RunsCommand:
-    def __reduce__(self):
-        return (os.system, ('touch pwned_by_url',))
-
-
 def test_downloaded_checkpoint_goes_through_the_allow_list(weights_server, tiny_arch, tmp_path,
                                                            monkeypatch):
     root, base = weights_server.root, weights_server.url
     monkeypatch.chdir(tmp_path)
-    torch.save({'state_dict': {}, 'meta': _RunsCommand()}, root / 'evil.pth')
+    torch.save({'state_dict': {}, 'meta': RunsACommand('pwned_by_url')}, root / 'evil.pth')
     with pytest.raises(UnsafeCheckpointError, match=r'posix\.system|os\.system'):
         _load(tiny_arch, f'{base}/evil.pth')
     assert not (tmp_path / 'pwned_by_url').exists()
@@ -105,7 +101,7 @@ def test_mmengine_url_loading_goes_through_the_allow_list(weights_server, tmp_pa
     monkeypatch.chdir(tmp_path)
     torch.save({'state_dict': {'w': torch.ones(2)}}, root / 'good.pth')
     assert torch.equal(_load_checkpoint(f'{base}/good.pth')['state_dict']['w'], torch.ones(2))
-    torch.save({'state_dict': {}, 'meta': _RunsCommand()}, root / 'evil.pth')
+    torch.save({'state_dict': {}, 'meta': RunsACommand('pwned_by_url')}, root / 'evil.pth')
     with pytest.raises(UnsafeCheckpointError, match=r'posix\.system|os\.system'):
         _load_checkpoint(f'{base}/evil.pth')
     assert not (tmp_path / 'pwned_by_url').exists()

@@ -20,6 +20,7 @@ from det_common import (
     LIGHT_HEADS,
     NO_VAL,
     ROOT,
+    RunsACommand,
     coco_data,
     data_options,
     logged_test_metrics,
@@ -188,19 +189,11 @@ def _small_hardened_det(tmp_path, tmp_path_factory):
     return config, options
 
 
-class _RunsACommand:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f'touch {self.marker}', ))
-
-
 def test_opt_in_refuses_a_crafted_checkpoint_in_mmdet_test_tool(tmp_path, tmp_path_factory):
     config, options = _small_hardened_det(tmp_path, tmp_path_factory)
     marker = tmp_path / 'pwned'
     evil = tmp_path / 'evil.pth'
-    torch.save({'state_dict': {}, 'meta': _RunsACommand(marker)}, evil)
+    torch.save({'state_dict': {}, 'meta': RunsACommand(marker)}, evil)
     proc = subprocess.run(
         [sys.executable, osp.join(_library_tools('mmdet'), 'test.py'), config, str(evil),
          '--work-dir', str(tmp_path / 'test'), '--cfg-options'] + options,

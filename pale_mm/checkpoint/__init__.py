@@ -19,35 +19,35 @@ one-line :class:`~pale_mm.errors.PaleError` naming the file and what is wrong.
 """
 # atomic writing lives in pale_mm.fileio; its names stay importable from here
 from ..fileio import (  # noqa: F401
-                      TMP_SUFFIX,
-                      CheckpointWriteError,
-                      atomic_save,
-                      atomic_text_file,
-                      atomic_write,
-                      remove_stale_tmp_files,
-                      tmp_path_beside,
+    TMP_SUFFIX,
+    CheckpointWriteError,
+    atomic_save,
+    atomic_text_file,
+    atomic_write,
+    remove_stale_tmp_files,
+    tmp_path_beside,
 )
 from .download import (  # noqa: F401
-                      ZOO_SCHEMES,
-                      CheckpointDownloadError,
-                      is_url,
-                      local_checkpoint,
-                      resolve_checkpoint_url,
+    ZOO_SCHEMES,
+    CheckpointDownloadError,
+    is_url,
+    local_checkpoint,
+    resolve_checkpoint_url,
 )
 from .integrity import BROKEN_FIX, check_checkpoint_file, checkpoint_problem  # noqa: F401
 from .pretrained import load_pretrained_backbone  # noqa: F401
 from .safe_load import (  # noqa: F401
-                      ALLOWED_GLOBALS,
-                      TORCH_HAS_SAFE_GLOBALS,
-                      BrokenCheckpointError,
-                      CheckpointMismatchError,
-                      UnsafeCheckpointError,
-                      safe_load,
+    ALLOWED_GLOBALS,
+    TORCH_HAS_SAFE_GLOBALS,
+    BrokenCheckpointError,
+    CheckpointMismatchError,
+    UnsafeCheckpointError,
+    safe_load,
 )
 from .state_dict import (  # noqa: F401
-                      backbone_state_dict,
-                      check_checkpoint_fits,
-                      extract_state_dict,
-                      match_state_dict,
-                      strip_ddp_prefix,
+    backbone_state_dict,
+    check_checkpoint_fits,
+    extract_state_dict,
+    match_state_dict,
+    strip_ddp_prefix,
 )

@@ -2,12 +2,12 @@
 optimizer constructor (:mod:`.optimizers`), the Runners and the resumable epoch loop
 (:mod:`.runner`). Importing it registers them."""
 from .hooks import (
-                    AtomicCheckpointHook,
-                    CheckpointFitHook,
-                    DataCheckHook,
-                    ExactResumeHook,
-                    PreemptionHook,
-                    RankZeroLoggerHook,
+    AtomicCheckpointHook,
+    CheckpointFitHook,
+    DataCheckHook,
+    ExactResumeHook,
+    PreemptionHook,
+    RankZeroLoggerHook,
 )
 from .optimizers import PaleLayerDecayOptimizerConstructor
 from .runner import CheckedDataRunner, HardenedRunner, ResumableEpochBasedTrainLoop

@@ -33,16 +33,16 @@ In Python::
 from .consumers import CONSUMERS, consumer  # noqa: F401
 from .custom_keys import rewrite_custom_keys  # noqa: F401
 from .outputs import (  # noqa: F401
-                      BACKBONES,
-                      DEFAULT_DROP_PATH,
-                      IMAGENET_RGB,
-                      PALE_STRIDES,
-                      Swap,
-                      SwapError,
-                      _plain,
-                      backbone_outputs,
-                      pale_dims,
-                      type_name,
+    BACKBONES,
+    DEFAULT_DROP_PATH,
+    IMAGENET_RGB,
+    PALE_STRIDES,
+    Swap,
+    SwapError,
+    _plain,
+    backbone_outputs,
+    pale_dims,
+    type_name,
 )
 from .render import base_reference, render_config  # noqa: F401
 from .swap_backbone import apply_swap, pale_depths, resolve_config, swap_backbone  # noqa: F401

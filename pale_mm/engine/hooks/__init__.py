@@ -8,10 +8,10 @@ from .checkpoint_fit_hook import CheckpointFitHook
 from .data_check_hook import DataCheckHook, wrap_dataset_pipelines
 from .exact_resume_hook import ExactResumeHook
 from .preemption_hook import (
-                              PREEMPTED_EXIT_CODE,
-                              PREEMPTED_MARKER_ENV,
-                              PreemptionHook,
-                              TrainingPreempted,
+    PREEMPTED_EXIT_CODE,
+    PREEMPTED_MARKER_ENV,
+    PreemptionHook,
+    TrainingPreempted,
 )
 from .rank_zero_logger_hook import RankZeroLoggerHook
 

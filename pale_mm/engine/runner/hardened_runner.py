@@ -42,8 +42,9 @@ class HardenedRunner(Runner):
         super().__init__(*args, **kwargs)
 
     def register_hook(self, hook, priority=None) -> None:
-        if isinstance(hook, dict) and _type_key(hook.get('type')) in _BY_NAME:
-            hook = dict(hook, type=_BY_NAME[_type_key(hook.get('type'))])
+        hardened = _hardened(hook.get('type')) if isinstance(hook, dict) else None
+        if hardened is not None:
+            hook = dict(hook, type=hardened)
         super().register_hook(hook, priority=priority)
 
     def save_checkpoint(self, out_dir, filename, file_client_args=None, *args,
@@ -81,7 +82,9 @@ def _backend_args_reach_the_save(backend_args):
         module.save_checkpoint = plain
 
 
-def _type_key(hook_type) -> str:
+def _hardened(hook_type):
+    """The hardened class for a hook's ``type`` (a class, or its registered name with or
+    without the ``mmengine.`` scope), or None for any other type."""
     if isinstance(hook_type, type):
-        return hook_type.__name__ if hook_type in HARDENED_HOOKS else ''
-    return str(hook_type)
+        return HARDENED_HOOKS.get(hook_type)
+    return _BY_NAME.get(str(hook_type))
